@@ -12,7 +12,9 @@ JOBS   ?= 2
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
-	@command -v iverilog >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq iverilog; }
+	# Icarus, and lz4 headers for Verilator's FST waveforms, from Debian when missing.
+	@{ command -v iverilog && [ -e /usr/include/lz4.h ]; } >/dev/null || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq iverilog liblz4-dev; }
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU build of PyTorch first, so that nothing later pulls a CUDA build.
