@@ -1,0 +1,159 @@
+"""Apply one predecoded instruction to DRAM and a PE's SRAM, as whole-array operations.
+
+Every operand is a strided numpy view over the byte memories (`np.ndarray` with a buffer,
+an offset and byte strides), so a DMA box, a MATMUL tile or a VECTOR tile is one array
+operation whatever its strides. The executor runs the checks that need run-time state
+(ARG registers, the DRAM window, gather tables) after the static ones found at predecode,
+in the order docs/isa.md gives, and returns the error code (0 when none); a faulting
+instruction writes nothing, except a gather DMA whose planes before the faulting one moved.
+
+Not modelled: overlapping destination rows of one instruction (the last write wins here;
+the ISA leaves it undefined) and any timing; `hw.model.schedule` decides when this runs.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from hw.model import numerics
+from hw.model.numerics import NP_DTYPES
+from hw.model.program import LOAD, MATMUL, STORE, VECTOR, Limits, Op
+
+log = logging.getLogger(__name__)
+
+
+class Context:
+    """The run-time state a PE's instructions address DRAM through."""
+
+    __slots__ = ("args", "win_lo", "win_hi", "sram")
+
+    def __init__(self, args: list[int], win_base: int, win_size: int, dram_bytes: int,
+                 sram: np.ndarray | None):
+        self.args = args
+        self.win_lo = win_base
+        # One past the last byte the PE may touch: the window clipped to the DRAM.
+        self.win_hi = min(win_base + win_size, dram_bytes)
+        self.sram = sram
+
+
+def _view(mem: np.ndarray, offset: int, shape: tuple[int, ...], strides: tuple[int, ...],
+          dtype: np.dtype) -> np.ndarray:
+    return np.ndarray(shape, dtype=dtype, buffer=mem, offset=offset, strides=strides)
+
+
+class Executor:
+    """Executes ops on real memories. `exact` selects the exact-mode MATMUL order."""
+
+    def __init__(self, lim: Limits, dram: np.ndarray, exact: bool = False):
+        self.lim = lim
+        self.dram = dram
+        self.exact = exact
+        e = lim.errors
+        self.E_MISALIGNED = e["MISALIGNED"]
+        self.E_SRAM = e["SRAM_RANGE"]
+        self.E_DRAM = e["DRAM_RANGE"]
+
+    def execute(self, ctx: Context, op: Op) -> int:
+        """Run `op` for the PE whose state is `ctx`; returns an error code or 0."""
+        if op.err:
+            return op.err
+        if op.empty:
+            return 0
+        kind = op.kind
+        if kind == LOAD or kind == STORE:
+            return self._dma(ctx, op)
+        if op.sram_err:
+            return self.E_SRAM
+        if kind == MATMUL:
+            self._matmul(ctx.sram, op)
+        elif kind == VECTOR:
+            self._vector(ctx.sram, op)
+        return 0
+
+    # DMA
+
+    def _dma(self, ctx: Context, op: Op) -> int:
+        ins = op.ins
+        base = ctx.args[ins.base] + ins.dram_offset
+        if base % self.lim.align:
+            return self.E_MISALIGNED
+        if op.sram_err:
+            return self.E_SRAM
+        if ins.gather:
+            return self._gather(ctx, op, base)
+        if base < ctx.win_lo or base + op.extent > ctx.win_hi:
+            return self.E_DRAM
+        # (the window lies inside DRAM, so a box that passes addresses nothing beyond it)
+        n0, n1, n2 = ins.n0, ins.n1, ins.n2
+        u8 = self.dram.dtype
+        dram = _view(self.dram, base, (n2, n1, n0), (ins.dram_s2, ins.dram_s1, 1), u8)
+        sram = _view(ctx.sram, ins.sram_addr, (n2, n1, n0), (ins.sram_s2, ins.sram_s1, 1), u8)
+        if op.kind == LOAD:
+            sram[...] = dram
+        else:
+            dram[...] = sram
+        return 0
+
+    def _gather(self, ctx: Context, op: Op, base: int) -> int:
+        """Planes addressed through a u32 table; planes before a faulting one still move."""
+        ins = op.ins
+        n0, n1, n2 = ins.n0, ins.n1, ins.n2
+        if base >= ctx.win_hi:
+            return self.E_DRAM
+        table = _view(ctx.sram, ins.gather_addr, (n2,), (4,), np.dtype("<u4")).astype(np.int64)
+        # Entries that would land past the window are cut before multiplying, so that no
+        # product of two 32-bit fields wraps around int64 into the window.
+        s2 = ins.dram_s2
+        fits = table <= (ctx.win_hi - base) // s2 if s2 else np.ones(n2, bool)
+        first = base + np.where(fits, table, 0) * s2
+        span = (n1 - 1) * ins.dram_s1 + n0
+        ok = fits & (first >= ctx.win_lo) & (first + span <= ctx.win_hi)
+        good = n2 if ok.all() else int(np.argmin(ok))
+        if good:
+            rows = first[:good, None] + np.arange(n1, dtype=np.int64)[None, :] * ins.dram_s1
+            cols = np.arange(n0, dtype=np.int64)
+            idx = rows[:, :, None] + cols[None, None, :]
+            u8 = self.dram.dtype
+            sram = _view(ctx.sram, ins.sram_addr, (good, n1, n0),
+                         (ins.sram_s2, ins.sram_s1, 1), u8)
+            if op.kind == LOAD:
+                sram[...] = self.dram[idx]
+            else:
+                self.dram[idx] = sram
+        return 0 if good == n2 else self.E_DRAM
+
+    # compute
+
+    def _matmul(self, sram: np.ndarray, op: Op) -> None:
+        ins = op.ins
+        dtype, acc, es, cs = op.p
+        m, n, k = ins.m, ins.n, ins.k
+        dt = NP_DTYPES[dtype]
+        a = _view(sram, ins.a_addr, (m, k), (ins.a_stride, es), dt)
+        if ins.transpose_b:
+            b = _view(sram, ins.b_addr, (n, k), (ins.b_stride, es), dt).T
+        else:
+            b = _view(sram, ins.b_addr, (k, n), (ins.b_stride, es), dt)
+        c = _view(sram, ins.c_addr, (m, n), (ins.c_stride, cs), NP_DTYPES[acc])
+        c[...] = numerics.matmul(a, b, c if ins.accumulate else None, acc, self.exact)
+
+    def _vector(self, sram: np.ndarray, op: Op) -> None:
+        ins = op.ins
+        func, in_t, out_t, mode, ies, oes, dst_cols = op.p
+        rows, cols = ins.rows, ins.cols
+        it = NP_DTYPES[in_t]
+        a = _view(sram, ins.src1_addr, (rows, cols), (ins.src1_stride, ies), it)
+        b = None
+        if mode == "tile":
+            b = _view(sram, ins.src2_addr, (rows, cols), (ins.src2_stride, ies), it)
+        elif mode == "row":
+            b = _view(sram, ins.src2_addr, (1, cols), (0, ies), it)
+        elif mode == "col":
+            b = _view(sram, ins.src2_addr, (rows, 1), (ins.src2_stride, ies), it)
+        elif mode == "imm":
+            b = numerics.imm_operand(ins.imm, in_t)
+        result = numerics.vector(func, in_t, a, b, ins.shift, ins.imm)
+        dst = _view(sram, ins.dst_addr, (rows, dst_cols), (ins.dst_stride, oes), NP_DTYPES[out_t])
+        dst[...] = numerics.convert(result, out_t)

@@ -1,0 +1,211 @@
+"""The arithmetic of the MAC array and the vector unit, on whole numpy arrays.
+
+MATMUL: int8 products are summed exactly (a float BLAS product is exact while every
+partial sum stays below the float's integer range, checked per call) and wrap into int32;
+float inputs are widened to fp32 and summed in fp32, either by BLAS in its own order
+(fast mode) or one K step at a time with a rounding after each add (exact mode, the
+order docs/isa.md defines). VECTOR: integer inputs compute in int64, float inputs in fp32,
+then convert to the output type with saturation as docs/isa.md says.
+
+Not modelled: the transcendental functions use the host's fp32 libraries (numpy, and
+torch for erf), so they are not bit-exact with any hardware implementation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_dtypes
+import numpy as np
+
+# Storage type of each ISA data type name.
+NP_DTYPES: dict[str, np.dtype] = {
+    "int8": np.dtype(np.int8),
+    "int16": np.dtype(np.int16),
+    "int32": np.dtype(np.int32),
+    "bf16": np.dtype(ml_dtypes.bfloat16),
+    "fp32": np.dtype(np.float32),
+    "fp8_e4m3": np.dtype(ml_dtypes.float8_e4m3fn),
+    "fp8_e5m2": np.dtype(ml_dtypes.float8_e5m2),
+}
+INT_TYPES = frozenset({"int8", "int16", "int32"})
+FLOAT_ONLY_FUNCS = frozenset(
+    "div exp recip rsqrt silu gelu_tanh gelu_erf sigmoid tanh".split()
+)
+BINARY_FUNCS = frozenset("add sub mul max min div mul_shift".split())
+REDUCTIONS = frozenset({"row_sum", "row_max"})
+
+# int8 x int8 products are at most 2**14 in magnitude; a float type sums them exactly
+# while k * 2**14 stays within its contiguous integer range.
+_INT8_PRODUCT_MAX = 1 << 14
+_FP32_EXACT_INT = 1 << 24
+_FP64_EXACT_INT = 1 << 53
+
+
+def elem_bytes(dtype: str) -> int:
+    return NP_DTYPES[dtype].itemsize
+
+
+def matmul(a: np.ndarray, b: np.ndarray, c: np.ndarray | None, acc: str, exact: bool) -> np.ndarray:
+    """Return `(c or 0) + a @ b` in the accumulator type `acc` ("int32" or "fp32").
+
+    `a` is [m, k] and `b` [k, n] of the input type; `c` is the current [m, n] accumulator
+    when accumulating.
+    """
+    k = a.shape[1]
+    if acc == "int32":
+        # Integer inputs only reach here (the spec pairs int8 with int32).
+        work = np.float32 if k * _INT8_PRODUCT_MAX <= _FP32_EXACT_INT else np.float64
+        assert k * _INT8_PRODUCT_MAX < _FP64_EXACT_INT
+        prod = np.matmul(a.astype(work), b.astype(work)).astype(np.int64)
+        if c is not None:
+            prod += c
+        return prod.astype(np.int32)  # two's-complement wrap
+    af = a.astype(np.float32)
+    bf = b.astype(np.float32)
+    if not exact:
+        out = np.matmul(af, bf)
+        if c is not None:
+            out += c
+        return out
+    accum = np.array(c, dtype=np.float32) if c is not None else np.zeros(
+        (a.shape[0], b.shape[1]), np.float32
+    )
+    for kk in range(k):
+        # fp32 product (exact for bf16/fp8 inputs) then one fp32 rounding per add.
+        accum += af[:, kk, None] * bf[None, kk, :]
+    return accum
+
+
+def _imm_value(imm: int, integer: bool) -> np.ndarray:
+    if integer:
+        return np.array(imm - (1 << 32) if imm & 0x8000_0000 else imm, dtype=np.int64)
+    return np.array(imm, dtype=np.uint32).view(np.float32)
+
+
+def _clamp_bounds(imm: int, integer: bool) -> tuple[np.ndarray, np.ndarray]:
+    lo, hi = imm & 0xFFFF, imm >> 16 & 0xFFFF
+    if integer:
+        signed = np.array([lo, hi], dtype=np.uint16).view(np.int16).astype(np.int64)
+        return signed[0], signed[1]
+    as_bf16 = np.array([lo, hi], dtype=np.uint16).view(ml_dtypes.bfloat16).astype(np.float32)
+    return as_bf16[0], as_bf16[1]
+
+
+def _round_shift(x: np.ndarray, shift: int) -> np.ndarray:
+    """(x + 2**(shift-1)) >> shift without overflowing int64: add back bit shift-1."""
+    if shift == 0:
+        return x
+    return (x >> shift) + ((x >> (shift - 1)) & 1)
+
+
+def _gelu_erf(a: np.ndarray) -> np.ndarray:
+    import torch  # numpy has no erf; torch is imported only when a program needs it
+
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    return (0.5 * t * (1.0 + torch.special.erf(t * np.float32(1 / math.sqrt(2))))).numpy()
+
+
+def _float_unary(func: str, a: np.ndarray) -> np.ndarray:
+    one = np.float32(1)
+    if func == "exp":
+        return np.exp(a)
+    if func == "recip":
+        return one / a
+    if func == "rsqrt":
+        return one / np.sqrt(a)
+    if func == "sigmoid":
+        return one / (one + np.exp(-a))
+    if func == "silu":
+        return a / (one + np.exp(-a))
+    if func == "tanh":
+        return np.tanh(a)
+    if func == "gelu_tanh":
+        inner = np.float32(math.sqrt(2 / math.pi)) * (a + np.float32(0.044715) * a * a * a)
+        return np.float32(0.5) * a * (one + np.tanh(inner))
+    if func == "gelu_erf":
+        return _gelu_erf(a)
+    raise ValueError(f"{func} is not a float unary function")
+
+
+def vector(
+    func: str,
+    in_dtype: str,
+    a: np.ndarray,
+    b: np.ndarray | None,
+    shift: int,
+    imm: int,
+) -> np.ndarray:
+    """Compute `func(a, b)`; `a` [rows, cols] of `in_dtype`, `b` broadcastable or None.
+
+    Returns int64 for integer inputs and float32 for float inputs, before conversion.
+    """
+    integer = in_dtype in INT_TYPES
+    wide = np.int64 if integer else np.float32
+    x = a.astype(wide)
+    y = b.astype(wide) if b is not None else None
+    with np.errstate(all="ignore"):
+        if func == "copy":
+            return x
+        if func == "add":
+            return x + y
+        if func == "sub":
+            return x - y
+        if func == "mul":
+            return x * y
+        if func == "max":
+            return np.maximum(x, y)
+        if func == "min":
+            return np.minimum(x, y)
+        if func == "div":
+            return x / y
+        if func == "relu":
+            return np.maximum(x, wide(0))
+        if func == "mul_shift":
+            if integer:
+                return _round_shift(x * y, shift)
+            return x * y * np.float32(2.0**-shift)
+        if func == "clamp":
+            lo, hi = _clamp_bounds(imm, integer)
+            return np.minimum(np.maximum(x, lo), hi)
+        if func == "row_sum":
+            if integer:
+                return x.sum(axis=1, keepdims=True)
+            # Sequential fp32 sum in increasing column order (np.sum would be pairwise).
+            return np.cumsum(x, axis=1, dtype=np.float32)[:, -1:]
+        if func == "row_max":
+            return x.max(axis=1, keepdims=True)
+        return _float_unary(func, x)
+
+
+def imm_operand(imm: int, in_dtype: str) -> np.ndarray:
+    """The 32-bit immediate as the src2 operand: int32 or fp32 bits by the input type."""
+    return _imm_value(imm, in_dtype in INT_TYPES)
+
+
+_INT_RANGE = {name: (np.iinfo(NP_DTYPES[name]).min, np.iinfo(NP_DTYPES[name]).max)
+              for name in INT_TYPES}
+_FP8_MAX = {
+    "fp8_e4m3": float(ml_dtypes.finfo(ml_dtypes.float8_e4m3fn).max),
+    "fp8_e5m2": float(ml_dtypes.finfo(ml_dtypes.float8_e5m2).max),
+}
+
+
+def convert(x: np.ndarray, out_dtype: str) -> np.ndarray:
+    """Convert an int64 or float32 result to `out_dtype` as docs/isa.md says."""
+    out = NP_DTYPES[out_dtype]
+    if out_dtype in INT_TYPES:
+        lo, hi = _INT_RANGE[out_dtype]
+        if x.dtype.kind == "f":
+            # In float64 the int32 bounds are exact; in fp32 2**31 - 1 would round up.
+            x = np.rint(x.astype(np.float64))
+            x[np.isnan(x)] = 0
+        # minimum/maximum: np.clip's wrapper costs more than the work on small tiles
+        return np.minimum(np.maximum(x, lo), hi).astype(out)
+    if x.dtype.kind == "i":
+        # int64 -> float64 is exact below 2**53, so the one rounding is the one to `out`.
+        x = x.astype(np.float64)
+    if out_dtype in _FP8_MAX:
+        m = _FP8_MAX[out_dtype]
+        x = np.clip(x, -m, m)  # saturate; NaN stays NaN
+    return x.astype(out)
