@@ -1,0 +1,148 @@
+"""Sessions: an executable bound to one or several devices through the driver.
+
+A session opens a driver context per device, uploads the constants (weights) once and
+keeps arena, input and output buffers; every `submit` writes the inputs, queues a RUN and
+returns a handle whose `result()` waits and reads the outputs back. Several devices take
+submissions round-robin.
+
+The driver's RUN command starts one program on every PE of its mask, so the runtime runs
+executables whose PEs share one program (single-PE executables); executables with a
+different program per PE run on the functional model through `stack.compiler.run_on_model`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import driver
+from stack.compiler import Executable, bind_inputs, unpack_outputs
+
+__all__ = ["Session", "Result", "Pending", "parse_devices"]
+
+log = logging.getLogger(__name__)
+
+
+def parse_devices(devices: str | int | list[int] | None) -> list[int]:
+    """"npu:0" -> [0]; "npu:0-3" -> [0, 1, 2, 3]; None -> [0]."""
+    if devices is None:
+        return [0]
+    if isinstance(devices, int):
+        return [devices]
+    if isinstance(devices, (list, tuple)):
+        return [int(d) for d in devices]
+    m = re.fullmatch(r"npu:(\d+)(?:-(\d+))?", devices.strip())
+    if not m:
+        raise ValueError(f"devices must look like 'npu:0' or 'npu:0-3', got {devices!r}")
+    lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+    if hi < lo:
+        raise ValueError(f"device range {devices!r} is empty")
+    return list(range(lo, hi + 1))
+
+
+@dataclass
+class Result:
+    outputs: Any
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class _Binding:
+    """One device's copy of an executable: its context, program and buffers."""
+
+    def __init__(self, exe: Executable, index: int):
+        progs = set(exe.programs.values())
+        if len(progs) != 1:
+            raise ValueError(
+                f"this executable has a different program on each of its {exe.num_pes} PEs; "
+                "the driver's RUN starts one program on all PEs of its mask - compile with "
+                "pes=1 for the driver, or run it with stack.compiler.run_on_model")
+        self.dev = driver.open(index, spec=exe.spec_name)
+        isize = sum(-(-_numel(i["shape"]) * 4 // 64) * 64 for i in exe.inputs) or 64
+        osize = max((o["offset"] + _numel(o["shape"]) * 4 for o in exe.outputs), default=64)
+        prog = next(iter(progs))
+        need = len(exe.consts) + exe.arena_bytes + isize + osize + len(prog) + (1 << 16)
+        self.ctx = self.dev.context(memory=-(-need // 4096) * 4096 + (1 << 20))
+        self.consts = self.ctx.upload(exe.consts or b"\0")
+        self.arena = self.ctx.alloc(max(exe.arena_bytes, 64))
+        self.inputs = self.ctx.alloc(isize)
+        self.outputs = self.ctx.alloc(osize)
+        self.program = self.ctx.load_program(prog)
+        self.mask = (1 << exe.num_pes) - 1
+        self.lock = threading.Lock()
+
+    def close(self) -> None:
+        self.ctx.close()
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+class Pending:
+    """A submitted run; `result()` waits for it."""
+
+    def __init__(self, session: Session, binding: _Binding, job: Any):
+        self.session, self.binding, self.job = session, binding, job
+
+    def done(self) -> bool:
+        return self.job.done()
+
+    def result(self, timeout: float | None = 600.0) -> Result:
+        cpl = self.job.wait(timeout)
+        b, exe = self.binding, self.session.exe
+        raw = [b.outputs.read(_numel(o["shape"]) * 4, o["offset"]) for o in exe.outputs]
+        self.binding.lock.release()
+        st = exe.meta.get("static", {})
+        spec_peak = self.session.peak_macs_per_cycle
+        cycles = int(cpl.cycles)
+        util = st.get("macs", 0) / (cycles * spec_peak) if cycles and spec_peak else 0.0
+        stats = {"cycles": cycles, "mac_utilization": util,
+                 "dram_bytes": st.get("dram_bytes", 0), "macs": st.get("macs", 0)}
+        return Result(unpack_outputs(exe, raw), stats)
+
+
+class Session:
+    """An executable ready to run on `devices` ("npu:0", "npu:0-3")."""
+
+    def __init__(self, exe: Executable, devices: str | int | list[int] | None = None):
+        import hw.spec
+
+        self.exe = exe
+        spec = hw.spec.load(exe.spec_name)
+        self.peak_macs_per_cycle = spec.pe.mac.rows * spec.pe.mac.cols * exe.num_pes
+        self.bindings = [_Binding(exe, i) for i in parse_devices(devices)]
+        self._next = itertools.cycle(self.bindings)
+
+    def submit(self, *inputs: Any) -> Pending:
+        data = bind_inputs(self.exe, inputs)
+        b = next(self._next)
+        b.lock.acquire()  # one run in flight per device binding: they share buffers
+        try:
+            for spec_i, raw in zip(self.exe.inputs, data, strict=True):
+                b.inputs.write(raw, spec_i["offset"])
+            job = b.ctx.submit(b.program, [b.consts, b.arena, b.inputs, b.outputs],
+                               pe_mask=b.mask)
+        except BaseException:
+            b.lock.release()
+            raise
+        return Pending(self, b, job)
+
+    def run(self, *inputs: Any) -> Result:
+        return self.submit(*inputs).result()
+
+    def close(self) -> None:
+        for b in self.bindings:
+            b.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
