@@ -18,13 +18,16 @@ import torch
 import gen
 import hw.spec
 from stack.compiler import codegen, frontend, passes
+from stack.compiler.bundle import Bundle
 from stack.compiler.context import Ctx
 from stack.compiler.emit import Emitter
 from stack.compiler.executable import Executable, ExecutableError
 from stack.compiler.frontend import UnsupportedOperator
+from stack.compiler.ir import DTYPE_BYTES
 
-__all__ = ["compile_model", "compile_graph_module", "run_on_model", "Executable",
-           "ExecutableError", "UnsupportedOperator", "bind_inputs", "unpack_outputs"]
+__all__ = ["compile_model", "compile_graph_module", "run_on_model", "Executable", "Bundle",
+           "raw_to_tensors",
+           "ExecutableError", "UnsupportedOperator", "bind_inputs", "unpack_outputs", "input_bytes"]
 
 log = logging.getLogger(__name__)
 
@@ -38,27 +41,44 @@ def _spec(spec: Any) -> Any:
 
 
 def compile_model(model: torch.nn.Module, example_inputs: tuple, *, spec: Any = None,
-                  pes: int | None = None) -> Executable:
-    """Compile `model` for `example_inputs`' shapes; `pes` PEs (default: all of the spec)."""
+                  pes: int | None = None, fallback: str | None = None) -> Executable | Bundle:
+    """Compile `model` for `example_inputs`' shapes; `pes` PEs (default: all of the spec).
+
+    With `fallback="cpu"` an operator the NPU cannot run becomes a CPU partition and the
+    result is a `Bundle` of NPU partitions and host steps (when there is such an operator);
+    without it, such an operator raises `UnsupportedOperator`.
+    """
+    if fallback not in (None, "cpu"):
+        raise ValueError(f"fallback must be None or 'cpu', got {fallback!r}")
     t0 = time.perf_counter()
     ep = frontend.export(model, tuple(example_inputs))
-    t1 = time.perf_counter()
-    return _build(ep, _spec(spec), pes, {"export": t1 - t0})
+    timings = {"export": time.perf_counter() - t0}
+    spec = _spec(spec)
+    t = time.perf_counter()
+    g, flat, breaks, out_tree = frontend.from_exported(ep, fallback)
+    timings["frontend"] = time.perf_counter() - t
+    if not breaks:
+        return _build(g, flat, out_tree, spec, pes, timings)
+    from stack.compiler import partition
+
+    for b in breaks:
+        log.warning("graph break (runs on the CPU): %s", b)
+    return partition.build_bundle(g, flat, out_tree, breaks, spec, pes, timings)
 
 
 def compile_graph_module(gm: torch.fx.GraphModule, example_inputs: list, *, spec: Any = None,
-                         pes: int | None = None) -> Executable:
+                         pes: int | None = None, fallback: str | None = None
+                         ) -> Executable | Bundle:
     """Compile an FX graph (as torch.compile hands a backend) by exporting it first."""
-    return compile_model(gm, tuple(example_inputs), spec=spec, pes=pes)
+    return compile_model(gm, tuple(example_inputs), spec=spec, pes=pes, fallback=fallback)
 
 
-def _build(ep: Any, spec: Any, pes: int | None, timings: dict[str, float]) -> Executable:
+def _build(g: Any, flat: list[Any], out_tree: Any, spec: Any, pes: int | None,
+           timings: dict[str, float]) -> Executable:
+    """Passes and code generation of one NPU graph into an executable."""
     npes = spec.npu.num_pes if pes is None else pes
     if not 1 <= npes <= spec.npu.num_pes:
         raise ValueError(f"pes must be in [1, {spec.npu.num_pes}], got {npes}")
-    t = time.perf_counter()
-    g, flat, _, out_tree = frontend.from_exported(ep)
-    timings["frontend"] = time.perf_counter() - t
     for name, fn in passes.PASSES:
         t = time.perf_counter()
         fn(g)
@@ -110,17 +130,24 @@ def bind_inputs(exe: Executable, inputs: tuple) -> list[bytes]:
         if list(x.shape) != spec_i["shape"]:
             raise ValueError(f"input {spec_i['name']} must have shape {spec_i['shape']}, "
                              f"got {list(x.shape)}; compile another shape bucket")
+        x = x.detach().cpu().contiguous()
+        if spec_i["dtype"] == "bf16":
+            out.append(x.float().to(torch.bfloat16).view(torch.int16).numpy().tobytes())
+            continue
         dt = np.float32 if spec_i["dtype"] == "f32" else np.int32
-        out.append(np.ascontiguousarray(x.detach().cpu().numpy().astype(dt)).tobytes())
+        out.append(np.ascontiguousarray(x.numpy().astype(dt)).tobytes())
     return out
+
+
+def input_bytes(spec_i: dict[str, Any]) -> int:
+    """DRAM bytes of one input binding, rounded up to the 64-byte slot the planner gives it."""
+    n = int(np.prod(spec_i["shape"])) * DTYPE_BYTES[spec_i["dtype"]]
+    return -(-n // 64) * 64
 
 
 def unpack_outputs(exe: Executable, raw: list[bytes]) -> Any:
     """Rebuild the eager output structure from the device outputs' bytes."""
-    dev = []
-    for o, data in zip(exe.outputs, raw, strict=True):
-        dt = np.float32 if o["dtype"] == "f32" else np.int32
-        dev.append(torch.from_numpy(np.frombuffer(data, dt).reshape(o["shape"]).copy()))
+    dev = raw_to_tensors(exe, raw)
     flat = []
     for kind, idx in exe.meta["flat"]:
         flat.append(dev[idx] if kind == "device" else None)
@@ -132,8 +159,36 @@ def unpack_outputs(exe: Executable, raw: list[bytes]) -> Any:
     return torch.utils._pytree.tree_unflatten(flat, exe.out_tree)
 
 
-def run_on_model(exe: Executable, inputs: tuple, *, spec: Any = None) -> tuple[Any, Any]:
-    """Run on a fresh functional model with hw.model.run_program: (outputs, Timeline)."""
+def run_on_model(exe: Executable | Bundle, inputs: tuple, *, spec: Any = None
+                 ) -> tuple[Any, Any]:
+    """Run on a fresh functional model with hw.model.run_program: (outputs, Timeline).
+
+    A bundle runs each NPU partition on its own fresh model (the Timeline is the last
+    partition's) and its CPU steps with eager torch.
+    """
+    if isinstance(exe, Bundle):
+        tls: list[Any] = []
+
+        def run_part(part: Executable, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+            raw, tl = _run_raw(part, tensors, spec)
+            tls.append(tl)
+            return raw_to_tensors(part, raw)
+        out = exe.run(inputs, run_part)
+        return out, (tls[-1] if tls else None)
+    raw, tl = _run_raw(exe, inputs, spec)
+    return unpack_outputs(exe, raw), tl
+
+
+def raw_to_tensors(exe: Executable, raw: list[bytes]) -> list[torch.Tensor]:
+    """The device outputs' bytes as tensors, in `exe.outputs` order."""
+    out = []
+    for o, data in zip(exe.outputs, raw, strict=True):
+        dt = np.float32 if o["dtype"] == "f32" else np.int32
+        out.append(torch.from_numpy(np.frombuffer(data, dt).reshape(o["shape"]).copy()))
+    return out
+
+
+def _run_raw(exe: Executable, inputs: Any, spec: Any) -> tuple[list[bytes], Any]:
     import hw.model
 
     spec = _spec(spec if spec is not None else exe.spec_name)
@@ -146,7 +201,7 @@ def run_on_model(exe: Executable, inputs: tuple, *, spec: Any = None) -> tuple[A
     cbase = page
     abase = up(cbase + len(exe.consts))
     ibase = up(abase + exe.arena_bytes)
-    isize = sum(-(-int(np.prod(i["shape"])) * 4 // 64) * 64 for i in exe.inputs)
+    isize = sum(input_bytes(i) for i in exe.inputs)
     obase = up(ibase + isize)
     init = {cbase: exe.consts}
     for spec_i, data in zip(exe.inputs, bind_inputs(exe, inputs), strict=True):
@@ -157,4 +212,4 @@ def run_on_model(exe: Executable, inputs: tuple, *, spec: Any = None) -> tuple[A
         if st.error:
             raise RuntimeError(f"PE {pe} stopped with error {st.error} at pc {st.error_pc}")
     raw = [dev.read_dram(obase + o["offset"], int(np.prod(o["shape"])) * 4) for o in exe.outputs]
-    return unpack_outputs(exe, raw), tl
+    return raw, tl

@@ -86,4 +86,4 @@ class Ctx:
             raise ValueError(f"{v} is a constant; kernels place constants themselves")
         root = v.root
         arg, off = self.places[id(root)]
-        return arg, off + v.offset * DTYPE_BYTES[v.dtype]
+        return arg, off + v.offset * DTYPE_BYTES[root.dtype]

@@ -20,7 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import driver
-from stack.compiler import Executable, bind_inputs, unpack_outputs
+from stack.compiler import (
+    Bundle,
+    Executable,
+    bind_inputs,
+    input_bytes,
+    raw_to_tensors,
+    unpack_outputs,
+)
 
 __all__ = ["Session", "Result", "Pending", "parse_devices"]
 
@@ -61,7 +68,7 @@ class _Binding:
                 "the driver's RUN starts one program on all PEs of its mask - compile with "
                 "pes=1 for the driver, or run it with stack.compiler.run_on_model")
         self.dev = driver.open(index, spec=exe.spec_name)
-        isize = sum(-(-_numel(i["shape"]) * 4 // 64) * 64 for i in exe.inputs) or 64
+        isize = sum(input_bytes(i) for i in exe.inputs) or 64
         osize = max((o["offset"] + _numel(o["shape"]) * 4 for o in exe.outputs), default=64)
         prog = next(iter(progs))
         need = len(exe.consts) + exe.arena_bytes + isize + osize + len(prog) + (1 << 16)
@@ -94,11 +101,26 @@ class Pending:
     def done(self) -> bool:
         return self.job.done()
 
-    def result(self, timeout: float | None = 600.0) -> Result:
-        cpl = self.job.wait(timeout)
+    def read_raw(self) -> list[bytes]:
+        """The outputs' bytes once the run is done; frees the binding for the next run."""
         b, exe = self.binding, self.session.exe
-        raw = [b.outputs.read(_numel(o["shape"]) * 4, o["offset"]) for o in exe.outputs]
-        self.binding.lock.release()
+        try:
+            return [b.outputs.read(_numel(o["shape"]) * 4, o["offset"]) for o in exe.outputs]
+        finally:
+            b.lock.release()
+
+    def wait_raw(self, timeout: float | None = 600.0) -> tuple[Any, list[bytes]]:
+        """Wait; (the driver's completion, the outputs' bytes)."""
+        try:
+            cpl = self.job.wait(timeout)
+        except BaseException:
+            self.binding.lock.release()
+            raise
+        return cpl, self.read_raw()
+
+    def result(self, timeout: float | None = 600.0) -> Result:
+        cpl, raw = self.wait_raw(timeout)
+        exe = self.session.exe
         st = exe.meta.get("static", {})
         spec_peak = self.session.peak_macs_per_cycle
         cycles = int(cpl.cycles)
@@ -108,19 +130,65 @@ class Pending:
         return Result(unpack_outputs(exe, raw), stats)
 
 
-class Session:
-    """An executable ready to run on `devices` ("npu:0", "npu:0-3")."""
+class _Done:
+    """A bundle's run, which completes before `submit` returns (its CPU steps need it)."""
 
-    def __init__(self, exe: Executable, devices: str | int | list[int] | None = None):
+    def __init__(self, result: Result):
+        self._result = result
+
+    def done(self) -> bool:
+        return True
+
+    def result(self, timeout: float | None = None) -> Result:
+        return self._result
+
+
+class Session:
+    """An executable or bundle ready to run on `devices` ("npu:0", "npu:0-3").
+
+    A bundle (CPU fallback partitions, shape buckets) gets a session per NPU executable,
+    each with its weights uploaded once; its CPU steps run on the host between them.
+    """
+
+    def __init__(self, exe: Executable | Bundle, devices: str | int | list[int] | None = None):
         import hw.spec
 
         self.exe = exe
+        self.parts: dict[int, Session] = {}
+        self.devices = devices
+        if isinstance(exe, Bundle):
+            self.bindings = []
+            return
         spec = hw.spec.load(exe.spec_name)
         self.peak_macs_per_cycle = spec.pe.mac.rows * spec.pe.mac.cols * exe.num_pes
         self.bindings = [_Binding(exe, i) for i in parse_devices(devices)]
         self._next = itertools.cycle(self.bindings)
 
-    def submit(self, *inputs: Any) -> Pending:
+    def _run_bundle(self, inputs: tuple, profile: list | None = None) -> Result:
+        bundle = self.exe
+        assert isinstance(bundle, Bundle)
+        totals = {"cycles": 0, "macs": 0, "dram_bytes": 0}
+        peak = [0]
+
+        def run_part(part: Executable, tensors: list[Any]) -> list[Any]:
+            sess = self.parts.get(id(part))
+            if sess is None:
+                sess = self.parts[id(part)] = Session(part, self.devices)
+            cpl, raw = sess.submit(*tensors).wait_raw()
+            for k in totals:
+                totals[k] += int(cpl.cycles) if k == "cycles" else \
+                    part.meta.get("static", {}).get(k, 0)
+            peak[0] = max(peak[0], sess.peak_macs_per_cycle)
+            return raw_to_tensors(part, raw)
+        out = bundle.run(inputs, run_part, profile)
+        cyc = totals["cycles"]
+        util = totals["macs"] / (cyc * peak[0]) if cyc and peak[0] else 0.0
+        stats = dict(totals, mac_utilization=util, graph_breaks=list(bundle.graph_breaks))
+        return Result(out, stats)
+
+    def submit(self, *inputs: Any) -> Pending | _Done:
+        if isinstance(self.exe, Bundle):
+            return _Done(self._run_bundle(inputs))
         data = bind_inputs(self.exe, inputs)
         b = next(self._next)
         b.lock.acquire()  # one run in flight per device binding: they share buffers
@@ -140,6 +208,8 @@ class Session:
     def close(self) -> None:
         for b in self.bindings:
             b.close()
+        for p in self.parts.values():
+            p.close()
 
     def __enter__(self) -> Session:
         return self
