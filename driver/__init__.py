@@ -30,6 +30,7 @@ from driver.errors import (
     NpuError,
     OutOfDeviceMemory,
 )
+from driver.kernel import KernelDevice
 from driver.transport import LocalTransport, SocketTransport
 from firmware.commands import Completion, Query, Status
 from hw import spec as hwspec
@@ -48,12 +49,14 @@ __all__ = [
     "DeviceNotFound",
     "DeviceTimeout",
     "Job",
+    "KernelDevice",
     "MemoryStats",
     "NpuError",
     "OutOfDeviceMemory",
     "Program",
     "Query",
     "Status",
+    "attach",
     "device_dir",
     "list_devices",
     "open",
@@ -69,6 +72,18 @@ def list_devices(folder: str | Path | None = None) -> list[Path]:
         return []
     found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _DEVICE_FILE.match(p.name))]
     return [p for _, p in sorted(found) if p.is_socket()]
+
+
+def attach(kernel: KernelDevice) -> Device:
+    """A `Device` over a kernel built by the caller, e.g. one over the RTL simulation:
+
+        kernel = KernelDevice("small", bus=RtlBus(sync, dram.mem), dram=dram.mem,
+                              threaded=False)
+        dev = driver.attach(kernel)
+
+    Closing the device destroys its contexts but leaves the kernel to its owner.
+    """
+    return Device(LocalTransport(kernel.spec.name, kernel=kernel))
 
 
 def open(  # noqa: A001 - the driver's entry point reads best as driver.open()

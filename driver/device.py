@@ -6,6 +6,9 @@ from it, and submits commands that the firmware checks against that window: a co
 programs cannot touch another context's memory, and neither can its host copies.
 
 Commands of one context run in submission order; contexts run side by side on free PEs.
+A job runs one program on one PE or on every PE of a mask (`submit`), or a program of its
+own on each of several PEs, started together (`submit_multi`, for multi-PE executables
+whose PEs meet at BARRIERs).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import logging
 import struct
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +26,7 @@ import numpy as np
 
 from driver.alloc import MemoryStats, RangeAllocator
 from driver.errors import DeviceTimeout, error_for
-from firmware import ARGS_PER_PE, Completion, Opcode, Query
+from firmware import ARGS_PER_PE, PE_ENTRY_BYTES, Completion, Opcode, PeEntry, Query
 from hw.generated import isa, regs
 
 log = logging.getLogger(__name__)
@@ -289,15 +292,52 @@ class Context:
             raise ValueError(
                 f"per_pe_args has {len(rows)} rows for {bin(pe_mask).count('1')} PEs in the mask"
             )
-        values = []
-        for row in rows:
-            if len(row) > NUM_ARGS:
-                raise ValueError(f"at most {NUM_ARGS} arguments, got {len(row)}")
-            values += [int(a) for a in row] + [0] * (NUM_ARGS - len(row))
+        values = [v for row in rows for v in _arg_row(row)]
         table = self.upload(struct.pack(f"<{len(values)}Q", *values), align=64)
         flags = ARGS_PER_PE if per_pe_args is not None else 0
         args7 = (program.addr, program.length, pe_mask, table.addr, budget)
         return self._submit(Opcode.RUN, args7, flags, what="RUN", on_done=table.free)
+
+    def submit_multi(
+        self,
+        parts: Mapping[int, tuple[Program, Sequence[int | Buffer]]],
+        *,
+        budget: int = 0,
+    ) -> Job:
+        """Queue one job running a program of its own on each PE: `{pe: (program, args)}`.
+
+        The PEs start together (so BARRIERs across them meet) once all of them are free;
+        `args` fill that PE's ARG[0..7]. The completion's `cycles` is the longest PE's.
+        A PE error fails the whole job (its partners are reset) with that PE's DeviceError.
+        """
+        if not parts:
+            raise ValueError("submit_multi needs at least one PE")
+        entries, rows = [], []
+        for pe, (program, args) in sorted(parts.items()):
+            if not 0 <= pe < self.device.caps.num_pes:
+                raise ValueError(f"PE must be in [0, {self.device.caps.num_pes - 1}], got {pe}")
+            entries.append((pe, program))
+            rows.append(_arg_row(args))
+        table_bytes = len(entries) * PE_ENTRY_BYTES
+        table = self.alloc(table_bytes + len(rows) * NUM_ARGS * 8, align=64)
+        blob = bytearray()
+        for i, (pe, program) in enumerate(entries):
+            arg_table = table.addr + table_bytes + i * NUM_ARGS * 8
+            blob += PeEntry(program.addr, program.length, pe, arg_table).pack()
+        for row in rows:
+            blob += struct.pack(f"<{NUM_ARGS}Q", *row)
+        table.write(bytes(blob))
+        try:
+            return self._submit(Opcode.RUN_PES, (table.addr, len(entries), budget),
+                                what="RUN_PES", on_done=table.free)
+        except Exception:
+            table.free()
+            raise
+
+    def run_multi(self, parts: Mapping[int, tuple[Program, Sequence[int | Buffer]]], *,
+                  timeout: float | None = DEFAULT_TIMEOUT, budget: int = 0) -> Completion:
+        """`submit_multi` and wait; returns the completion or raises."""
+        return self.submit_multi(parts, budget=budget).wait(timeout)
 
     def run(self, program: Program, args: Sequence[int | Buffer] = (), *,
             timeout: float | None = DEFAULT_TIMEOUT, **kw: Any) -> Completion:
@@ -346,6 +386,13 @@ class Context:
 
     def __repr__(self) -> str:
         return f"<Context {self.id} window 0x{self.base:x} + {self.size}>"
+
+
+def _arg_row(args: Sequence[int | Buffer]) -> list[int]:
+    """ARG0..7 from up to 8 ints or buffers (their addresses), zero-padded."""
+    if len(args) > NUM_ARGS:
+        raise ValueError(f"at most {NUM_ARGS} arguments, got {len(args)}")
+    return [int(a) for a in args] + [0] * (NUM_ARGS - len(args))
 
 
 def _bytes_of(data: Any) -> bytes | memoryview:

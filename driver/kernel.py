@@ -9,7 +9,9 @@ comes back.
 
 The service thread lets the device run in quanta of cycles sized to take a few
 milliseconds of wall time each, so submissions and register reads wait at most about one
-quantum for the device lock.
+quantum for the device lock. The same kernel runs over any `firmware.Bus` (the RTL
+simulation's, `firmware.rtl_bus.RtlBus`), optionally without a thread of its own: then the
+thread that waits for a command serves the device (`KernelDevice.pump`).
 
 Not modelled: DMA between host memory and device memory (host copies go straight into the
 DRAM buffer, which the daemon shares with clients), and interrupt masking.
@@ -31,6 +33,7 @@ from driver.errors import CommandError, DeviceLost, error_for
 from firmware import (
     COMMAND_BYTES,
     COMPLETION_BYTES,
+    Bus,
     Command,
     CommandProcessor,
     Completion,
@@ -66,12 +69,31 @@ class ContextRecord:
     errors: int = 0
 
 
+class _PumpedFuture(Future):
+    """A command's future on a device without a service thread: waiting serves it."""
+
+    def __init__(self, kernel: KernelDevice):
+        super().__init__()
+        self._kernel = kernel
+
+    def result(self, timeout: float | None = None):
+        self._kernel.pump(self.done, timeout)
+        return super().result(0)  # TimeoutError at once if the pump ran out of time
+
+
 class KernelDevice:
     """One emulated device: model, firmware, rings, windows, contexts and owners.
 
     `dram` is the buffer that backs device memory (an mmap shared with clients, or None for
     an anonymous mapping); `bar_mirror`, when given, is a 64 KiB buffer the service thread
     refreshes with the readable registers, for clients that map it.
+
+    With `bus` given, the firmware drives that `firmware.Bus` instead of a functional
+    model, and `dram` must be the memory behind it (e.g. `firmware.rtl_bus.RtlBus` and the
+    cocotb bench's DRAM). With `threaded=False` no service thread runs: whoever waits for a
+    command's future serves the device (`pump`) in its own thread, which is what a bus that
+    may only be used from one thread (the cocotb bridge's) needs; `quantum` then fixes the
+    cycles the device runs per service pass.
     """
 
     def __init__(
@@ -79,19 +101,27 @@ class KernelDevice:
         spec: str | hwspec.Spec = hwspec.DEFAULT,
         *,
         index: int = 0,
-        dram: mmap.mmap | None = None,
+        dram: mmap.mmap | bytearray | None = None,
         bar_mirror: memoryview | None = None,
         exact: bool = False,
+        bus: Bus | None = None,
+        threaded: bool = True,
+        quantum: int | None = None,
     ):
-        from hw.model import Device  # imported late: the model is the heaviest import
-
         self.spec = spec if isinstance(spec, hwspec.Spec) else hwspec.load(spec)
         self.index = index
         size = self.spec.dram_bytes
+        if bus is not None and dram is None:
+            raise ValueError("a KernelDevice over a given bus needs the memory behind it (dram)")
         self._mmap = dram if dram is not None else mmap.mmap(-1, size)
         self.dram = memoryview(self._mmap)[:size]
-        self.model = Device(self.spec, exact=exact, dram=self.dram)
-        self.bus = ModelBus(self.model)
+        if bus is None:
+            from hw.model import Device  # imported late: the model is the heaviest import
+
+            self.model = Device(self.spec, exact=exact, dram=self.dram)
+            bus = ModelBus(self.model)
+        self.bus = bus
+        self.threaded = threaded
         self._bar_mirror = bar_mirror
         self._cond = threading.Condition(threading.RLock())
         self._wake = threading.Event()
@@ -107,15 +137,18 @@ class KernelDevice:
         self.contexts: dict[int, ContextRecord] = {}
         self._futures: dict[int, tuple[Future, int]] = {}  # tag -> (future, context)
         self._tags = itertools.count(1)
-        self._quantum = 256
+        self._fixed_quantum = quantum
+        self._quantum = quantum or 256
         self.started = time.monotonic()
         self.busy_seconds = 0.0
         self.commands = 0
         self.errors = 0
         self._init_rings()
         self._mirror()
-        self._thread = threading.Thread(target=self._serve, name=f"npu{index}", daemon=True)
-        self._thread.start()
+        self._thread = None
+        if threaded:
+            self._thread = threading.Thread(target=self._serve, name=f"npu{index}", daemon=True)
+            self._thread.start()
         log.info("npu%d: %s, %d PEs, %d MiB DRAM", index, self.spec.name, self.num_pes,
                  self.dram_bytes >> 20)
 
@@ -157,13 +190,16 @@ class KernelDevice:
             if self._stop.is_set():
                 raise DeviceLost(f"npu{self.index} is shut down")
             while (self._cmd_tail + 1) % self._cmd_entries == self.bus.read32(regs.CMD_RING_HEAD):
-                self._wake.set()
-                self._cond.wait(0.1)
+                if self.threaded:
+                    self._wake.set()
+                    self._cond.wait(0.1)
+                else:
+                    self._resolve(self._service_once()[0])
             tag = next(self._tags) & 0xFFFFFFFF
             cmd = Command(opcode, context, tag, tuple(args), flags)
             self.bus.write_mem(self._cmd_base + self._cmd_tail * COMMAND_BYTES, cmd.pack())
             self._cmd_tail = (self._cmd_tail + 1) % self._cmd_entries
-            future: Future = Future()
+            future: Future = Future() if self.threaded else _PumpedFuture(self)
             self._futures[tag] = (future, context)
             if context in self.contexts:
                 self.contexts[context].commands += 1
@@ -203,35 +239,62 @@ class KernelDevice:
     def _serve(self) -> None:
         last_mirror = 0.0
         while not self._stop.is_set():
-            resolved: list[tuple[Future, Completion]] = []
-            moved = 0
             with self._cond:
-                work = self.firmware.poll()
-                self._reap(resolved)
-                running = bool(self.firmware.runtime.running)
-                if running:
-                    t0 = time.perf_counter()
-                    moved = self.firmware.run(self._quantum)
-                    dt = time.perf_counter() - t0
-                    self.busy_seconds += dt
-                    self._tune(dt)
-                    work = self.firmware.poll()
-                    self._reap(resolved)
-                self._cond.notify_all()
+                resolved, work, running, moved = self._service_once()
                 now = time.monotonic()
                 if self._bar_mirror is not None and (not work or now - last_mirror > 0.05):
                     self._mirror()
                     last_mirror = now
-            for fut, cpl in resolved:
-                if not fut.done():
-                    fut.set_result(cpl)
+            self._resolve(resolved)
             if running and moved == 0:
                 time.sleep(0.001)  # PEs report done on the next poll
             if not work:
                 self._wake.wait(0.05)
                 self._wake.clear()
 
+    def _service_once(self) -> tuple[list[tuple[Future, Completion]], bool, bool, int]:
+        """One pass of firmware and device: (futures to resolve, work left, running, cycles)."""
+        resolved: list[tuple[Future, Completion]] = []
+        moved = 0
+        with self._cond:
+            work = self.firmware.poll()
+            self._reap(resolved)
+            running = bool(self.firmware.runtime.running)
+            if running:
+                t0 = time.perf_counter()
+                moved = self.firmware.run(self._quantum)
+                dt = time.perf_counter() - t0
+                self.busy_seconds += dt
+                self._tune(dt)
+                work = self.firmware.poll()
+                self._reap(resolved)
+            self._cond.notify_all()
+        return resolved, work, running, moved
+
+    @staticmethod
+    def _resolve(resolved: list[tuple[Future, Completion]]) -> None:
+        for fut, cpl in resolved:
+            if not fut.done():
+                fut.set_result(cpl)
+
+    def pump(self, until, timeout: float | None = None) -> None:
+        """Serve the device in this thread until `until()` is true or `timeout` s pass.
+
+        For a device built with `threaded=False`; a threaded one serves itself, so this
+        only waits.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not until():
+            if deadline is not None and time.monotonic() > deadline:
+                return
+            if self.threaded:
+                time.sleep(0.001)
+                continue
+            self._resolve(self._service_once()[0])
+
     def _tune(self, seconds: float) -> None:
+        if self._fixed_quantum:
+            return
         if seconds < 0.002:
             self._quantum = min(self._quantum * 2, _MAX_QUANTUM)
         elif seconds > 0.02:
@@ -357,7 +420,8 @@ class KernelDevice:
         """Stop the service thread; commands in flight fail with DeviceLost."""
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout=5)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
         with self._cond:
             for fut, _ in self._futures.values():
                 if not fut.done():

@@ -48,18 +48,21 @@ class LocalTransport:
 
     path = None
 
-    def __init__(self, spec: str):
-        with _local_lock:
-            kernel, count = _local.get(spec, (None, 0))
-            if kernel is None:
-                kernel = KernelDevice(spec, index=0)
-            _local[spec] = (kernel, count + 1)
+    def __init__(self, spec: str, *, kernel: KernelDevice | None = None):
+        """The shared in-process device of `spec`, or the given `kernel` (which the caller
+        owns: closing the transport leaves it running)."""
+        self._spec_key = None if kernel is not None else spec
+        if kernel is None:
+            with _local_lock:
+                kernel, count = _local.get(spec, (None, 0))
+                if kernel is None:
+                    kernel = KernelDevice(spec, index=0)
+                _local[spec] = (kernel, count + 1)
         self.kernel = kernel
         self.spec_name = kernel.spec.name
         self.index = kernel.index
         self.owner = f"local-pid{os.getpid()}#{next(_local_owners)}"
         self.dram = kernel.dram
-        self._spec_key = spec
         self._closed = False
 
     def read32(self, addr: int) -> int:
@@ -86,6 +89,8 @@ class LocalTransport:
             return
         self._closed = True
         self.kernel.drop_owner(self.owner)
+        if self._spec_key is None:
+            return
         with _local_lock:
             kernel, count = _local[self._spec_key]
             if count > 1:

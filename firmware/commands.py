@@ -15,6 +15,15 @@ Command record, `COMMAND_BYTES` = 64::
     4  u32  tag         echoed in the completion
     8  u64  a0 .. a6    arguments, by opcode (see ARGUMENTS)
 
+PE table of RUN_PES (one entry of `PE_ENTRY_BYTES` = 32 per PE, entries in any order)::
+
+    0  u64  program     DRAM address of the PE's program (32-byte aligned)
+    8  u32  length      program length in instruction words
+    12 u8   pe          the PE that runs it
+    13 u8   reserved    zero (3 bytes)
+    16 u64  arg_table   DRAM address of 8 u64: the PE's ARG0..7
+    24 u64  reserved    zero
+
 Completion record, `COMPLETION_BYTES` = 32::
 
     0  u32  tag
@@ -40,9 +49,11 @@ __all__ = [
     "COMPLETION_BYTES",
     "NO_PE",
     "NUM_ARGS",
+    "PE_ENTRY_BYTES",
     "Command",
     "Completion",
     "Opcode",
+    "PeEntry",
     "Query",
     "Status",
 ]
@@ -52,10 +63,13 @@ COMPLETION_BYTES = 32
 NUM_ARGS = 7
 NO_PE = 0xFF
 ARGS_PER_PE = 0x01  # RUN flag: the argument table holds 8 u64 per PE of the mask, in PE order
+PE_ENTRY_BYTES = 32
 
 _COMMAND = struct.Struct("<BBHI7Q")
 _COMPLETION = struct.Struct("<IHBBIIQQ")
+_PE_ENTRY = struct.Struct("<QIB3sQQ")
 assert _COMMAND.size == COMMAND_BYTES and _COMPLETION.size == COMPLETION_BYTES
+assert _PE_ENTRY.size == PE_ENTRY_BYTES
 
 
 class Opcode(enum.IntEnum):
@@ -66,6 +80,7 @@ class Opcode(enum.IntEnum):
     FENCE = 0x05
     RESET_PE = 0x06
     QUERY = 0x07
+    RUN_PES = 0x08  # one job, a program and arguments of its own on each PE, started together
 
 
 # What a0..a6 mean, per opcode (unnamed arguments must be zero and are ignored).
@@ -77,6 +92,7 @@ ARGUMENTS: dict[Opcode, tuple[str, ...]] = {
     Opcode.FENCE: (),
     Opcode.RESET_PE: ("pe_mask",),
     Opcode.QUERY: ("what",),
+    Opcode.RUN_PES: ("pe_table", "entries", "cycle_budget"),
 }
 
 
@@ -122,6 +138,24 @@ class Command(NamedTuple):
     def arg(self, name: str) -> int:
         """The argument called `name` for this command's opcode."""
         return self.args[ARGUMENTS[Opcode(self.opcode)].index(name)]
+
+
+class PeEntry(NamedTuple):
+    """One PE's part of a RUN_PES job: its program, its PE and its argument table."""
+
+    program: int
+    length: int
+    pe: int
+    arg_table: int
+    reserved: int = 0  # the two reserved fields, which must be zero, OR-ed together
+
+    def pack(self) -> bytes:
+        return _PE_ENTRY.pack(self.program, self.length, self.pe, bytes(3), self.arg_table, 0)
+
+    @classmethod
+    def unpack(cls, data: bytes) -> PeEntry:
+        program, length, pe, pad, arg_table, tail = _PE_ENTRY.unpack(data)
+        return cls(program, length, pe, arg_table, int.from_bytes(pad, "little") | tail)
 
 
 class Completion(NamedTuple):

@@ -1,8 +1,8 @@
 """The command processor: the device-side firmware that serves the command ring.
 
 After a doorbell (or on any poll) it reads the commands between CMD_RING_HEAD and
-CMD_RING_TAIL, checks each against the submitting context's DRAM window, queues RUN and
-FENCE on the PE runtime (`firmware.scheduler`), handles the other commands at once, and
+CMD_RING_TAIL, checks each against the submitting context's DRAM window, queues RUN,
+RUN_PES and FENCE on the PE runtime (`firmware.scheduler`), handles the other commands at once, and
 writes completion records to the completion ring, raising IRQ_STATUS.CPL. A malformed
 command completes with an error status; the firmware keeps serving.
 
@@ -24,9 +24,11 @@ from firmware.commands import (
     ARGS_PER_PE,
     COMMAND_BYTES,
     COMPLETION_BYTES,
+    PE_ENTRY_BYTES,
     Command,
     Completion,
     Opcode,
+    PeEntry,
     Query,
     Status,
 )
@@ -117,6 +119,7 @@ class CommandProcessor:
         handler = {
             Opcode.LOAD_PROGRAM: self._load_program,
             Opcode.RUN: self._run,
+            Opcode.RUN_PES: self._run_pes,
             Opcode.FENCE: self._fence,
             Opcode.RESET_PE: self._reset_pe,
             Opcode.QUERY: self._query,
@@ -203,9 +206,56 @@ class CommandProcessor:
             context=cmd.context,
             tag=cmd.tag,
             window=self.contexts[cmd.context],
-            program=(addr, length),
+            programs=[(addr, length)],
             pe_mask=mask,
             args=read_arg_table(self.bus, table, rows),
+            budget=budget or self.default_budget,
+        )
+        self.runtime.enqueue(job)
+        return []
+
+    def _run_pes(self, cmd: Command) -> list[Completion]:
+        """One job with a program and an argument table of its own on each PE.
+
+        The PE table holds `entries` records (`PeEntry`); every program and argument table
+        must lie in the context's window. A table error completes with `error_pc` set to
+        the index of the offending entry.
+        """
+        table, entries, budget = cmd.args[:3]
+
+        def fail(status: Status, entry: int = 0) -> list[Completion]:
+            log.warning("ctx %d tag %d: RUN_PES entry %d: %s", cmd.context, cmd.tag, entry,
+                        status.name)
+            return [Completion(cmd.tag, cmd.context, status, error_pc=entry)]
+
+        if cmd.context == KERNEL_CONTEXT:
+            return fail(Status.BAD_CONTEXT)
+        if not 1 <= entries <= self.num_pes or table % 8:
+            return fail(Status.BAD_ARGUMENT)
+        if not self._inside(cmd.context, table, entries * PE_ENTRY_BYTES):
+            return fail(Status.BAD_ADDRESS)
+        raw = self.bus.read_mem(table, entries * PE_ENTRY_BYTES)
+        parts: dict[int, tuple[tuple[int, int], int]] = {}  # pe -> (program, arg table)
+        for i in range(entries):
+            e = PeEntry.unpack(raw[i * PE_ENTRY_BYTES : (i + 1) * PE_ENTRY_BYTES])
+            if e.pe >= self.num_pes:
+                return fail(Status.BAD_PE_MASK, i)
+            if e.pe in parts or e.reserved or e.arg_table % 8:
+                return fail(Status.BAD_ARGUMENT, i)
+            bad = self._check_program(cmd, e.program, e.length)
+            if bad:
+                return fail(Status(bad.status), i)
+            if not self._inside(cmd.context, e.arg_table, NUM_ARG_REGS * 8):
+                return fail(Status.BAD_ADDRESS, i)
+            parts[e.pe] = ((e.program, e.length), e.arg_table)
+        pes = sorted(parts)
+        job = Job(
+            context=cmd.context,
+            tag=cmd.tag,
+            window=self.contexts[cmd.context],
+            programs=[parts[pe][0] for pe in pes],
+            pe_mask=sum(1 << pe for pe in pes),
+            args=[read_arg_table(self.bus, parts[pe][1], 1)[0] for pe in pes],
             budget=budget or self.default_budget,
         )
         self.runtime.enqueue(job)

@@ -1,10 +1,12 @@
 """The PE runtime: runs RUN jobs of several contexts on the free PEs, with a watchdog.
 
-Each context has an ordered stream of RUN and FENCE commands; its next RUN starts once
-its previous one has finished and the PEs it needs are free (any one free PE for a mask
-of 0). Contexts take turns round-robin, so one context's long queue does not starve
-another. A job whose PEs run past its cycle budget is reset (CTRL.RESET) and completes
-with the ISA's WATCHDOG error; other PEs go on.
+Each context has an ordered stream of RUN, RUN_PES and FENCE commands; its next job
+starts once its previous one has finished and the PEs it needs are free (any one free PE
+for a mask of 0). A job's PEs (one program on all of them, or one program each) are
+started in one pass, with no device cycle between their CTRL.START writes on the model, so
+BARRIERs across them meet. Contexts take turns round-robin, so one context's long queue
+does not starve another. A job whose PEs run past its cycle budget is reset (CTRL.RESET)
+and completes with the ISA's WATCHDOG error; other PEs go on.
 
 Not modelled: preemption (a started job runs to completion, error or watchdog) and
 priorities between contexts.
@@ -33,7 +35,8 @@ class Job:
     context: int
     tag: int
     window: tuple[int, int] = (0, 0)
-    program: tuple[int, int] = (0, 0)  # DRAM address, length in words
+    # (DRAM address, length in words): one shared by every PE, or one per PE of the mask
+    programs: list[tuple[int, int]] = field(default_factory=list)
     pe_mask: int = 0
     args: list[list[int]] = field(default_factory=list)  # one row of 8 per PE, or one shared
     budget: int = 0
@@ -152,7 +155,7 @@ class PeRuntime:
         w = self.bus.write32
         for i, pe in enumerate(pes):
             base = regs.pe_reg(pe, 0)
-            addr, length = job.program
+            addr, length = job.programs[i] if len(job.programs) > 1 else job.programs[0]
             win_base, win_size = job.window
             w(base + regs.PE_PROG_BASE_LO, addr & 0xFFFFFFFF)
             w(base + regs.PE_PROG_BASE_HI, addr >> 32)

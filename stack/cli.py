@@ -63,7 +63,15 @@ def _run_daemon(args: argparse.Namespace) -> int:
     return 0
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_smi, _daemon]
+def _serve(sub: argparse._SubParsersAction) -> None:
+    from stack.serve.server import add_arguments, serve
+
+    p = sub.add_parser("serve", help="OpenAI-compatible server for a model on the NPU")
+    add_arguments(p)
+    p.set_defaults(func=serve)
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_smi, _daemon, _serve]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -50,3 +50,51 @@ def no_end() -> bytes:
 def load_from(offset: int = 0) -> list:
     """Reads 64 bytes at ARG0 + offset into SRAM."""
     return [isa.Load(base=0, dram_offset=offset, sram_addr=0, n0=64, n1=1, n2=1), isa.End()]
+
+
+def _tile_op(func: str, src2: int = 1024) -> isa.Vector:
+    return isa.Vector(
+        func=isa.VECTOR_FUNCS[func], in_dtype=isa.DTYPE_INT32, out_dtype=isa.DTYPE_INT32,
+        src2_mode=isa.SRC2_MODES["tile"], rows=ROWS, cols=COLS,
+        src1_addr=0, src2_addr=src2, dst_addr=2048,
+        src1_stride=COLS * 4, src2_stride=COLS * 4, dst_stride=COLS * 4,
+    )
+
+
+def _staged(first: list, last: list) -> list:
+    """LOADs, then the compute op, then the STORE, ordered by semaphores 0 and 1."""
+    return [
+        *first,
+        isa.SemSignal(queue=isa.QUEUES["load"], sem=0),
+        isa.SemWait(queue=isa.QUEUES["compute"], sem=0),
+        *last[:-1],
+        isa.SemSignal(queue=isa.QUEUES["compute"], sem=1),
+        isa.SemWait(queue=isa.QUEUES["store"], sem=1),
+        last[-1],
+    ]
+
+
+def barrier_producer(mask: int = 0b11) -> list:
+    """PE side 1 of a two-PE job: t = x + x to DRAM, then BARRIER. ARG0 = x, ARG1 = t."""
+    def dma(cls, base, sram):
+        return cls(base=base, sram_addr=sram, n0=TILE, n1=1, n2=1)
+
+    return [
+        *_staged([dma(isa.Load, 0, 0)], [_tile_op("add", src2=0), dma(isa.Store, 1, 2048)]),
+        isa.Barrier(pe_mask=mask),
+        isa.End(),
+    ]
+
+
+def barrier_consumer(mask: int = 0b11) -> list:
+    """PE side 2: BARRIER, then out = t - y with t read from DRAM. ARG0 = t, ARG1 = y,
+    ARG2 = out. Without the barrier t would still be zero (or stale)."""
+    def dma(cls, base, sram):
+        return cls(base=base, sram_addr=sram, n0=TILE, n1=1, n2=1)
+
+    return [
+        isa.Barrier(pe_mask=mask),
+        *_staged([dma(isa.Load, 0, 0), dma(isa.Load, 1, 1024)],
+                 [_tile_op("sub"), dma(isa.Store, 2, 2048)]),
+        isa.End(),
+    ]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from npu_programs import add_int32
+from npu_programs import TILE, add_int32, barrier_consumer, barrier_producer
 
 import driver
 
@@ -100,6 +100,17 @@ def test_two_processes_share_a_device(daemon):
     for p in procs:
         stdout, stderr = p.communicate(timeout=60)
         assert p.returncode == 0 and stdout.strip() == "ok", stderr
+
+
+def test_a_multi_pe_job_through_the_daemon(daemon):
+    folder, _ = daemon
+    with driver.open(driver.list_devices(folder)[0]) as dev, dev.context(1 << 20) as ctx:
+        x = np.arange(64, dtype=np.int32).reshape(4, 16) * 7
+        y = np.full((4, 16), 3, np.int32)
+        bx, by, t, out = ctx.upload(x), ctx.upload(y), ctx.alloc(TILE), ctx.alloc(TILE)
+        ctx.run_multi({0: (ctx.load_program(barrier_producer()), [bx, t]),
+                       1: (ctx.load_program(barrier_consumer()), [t, by, out])})
+        np.testing.assert_array_equal(out.numpy(np.int32, (4, 16)), 2 * x - y)
 
 
 def test_a_killed_client_is_cleaned_up(daemon):

@@ -2,10 +2,20 @@
 
 import numpy as np
 import pytest
-from npu_programs import TILE, add_int32, deadlock, load_from, no_end, slow
+from npu_programs import (
+    TILE,
+    add_int32,
+    barrier_consumer,
+    barrier_producer,
+    deadlock,
+    load_from,
+    no_end,
+    slow,
+)
 
 import driver
 from driver import CommandError, DeviceError, OutOfDeviceMemory, Program, Query, Status
+from firmware import Opcode, PeEntry
 from hw import spec as hwspec
 from hw.generated import isa
 
@@ -144,3 +154,70 @@ def test_device_reset_fails_work_in_flight_and_the_context_serves_after(dev):
         x, y, bx, by, out = _inputs(ctx, 3)
         ctx.run(ctx.load_program(add_int32()), [bx, by, out])
         np.testing.assert_array_equal(out.numpy(np.int32, (4, 16)), x + y)
+
+
+def _staged_reference(x, y):
+    """2x - y as the device computes it: int32 results saturate (docs/isa.md, VECTOR)."""
+    lo, hi = np.iinfo(np.int32).min, np.iinfo(np.int32).max
+    t = np.clip(2 * x.astype(np.int64), lo, hi)
+    return np.clip(t - y, lo, hi).astype(np.int32)
+
+
+def test_submit_multi_runs_a_program_per_pe_and_they_meet_at_a_barrier(dev):
+    with dev.context(memory=1 << 20) as ctx:
+        x, y, bx, by, out = _inputs(ctx, 4)
+        t = ctx.alloc(TILE)
+        producer = ctx.load_program(barrier_producer())
+        consumer = ctx.load_program(barrier_consumer())
+        cpl = ctx.run_multi({1: (producer, [bx, t]), 0: (consumer, [t, by, out])})
+        assert cpl.status == Status.OK and cpl.cycles > 0
+        np.testing.assert_array_equal(out.numpy(np.int32, (4, 16)), _staged_reference(x, y))
+        # One PE with a different program on each side of a plain run: both APIs coexist.
+        ctx.run(ctx.load_program(add_int32()), [bx, by, out], pe_mask=0b10)
+        np.testing.assert_array_equal(out.numpy(np.int32, (4, 16)), x + y)
+        with pytest.raises(ValueError, match="PE must be in"):
+            ctx.submit_multi({dev.caps.num_pes: (producer, [])})
+
+
+def test_a_failing_pe_fails_the_multi_pe_job_and_its_partner_is_reset(dev):
+    a = dev.context(memory=1 << 20)
+    b = dev.context(memory=1 << 20)
+    x, y, bx, by, out = _inputs(a, 5)
+    t = a.alloc(TILE)
+    producer = a.load_program(barrier_producer())
+    consumer = a.load_program(barrier_consumer())
+    foreign = b.alloc(TILE)  # the consumer's output in another context: DRAM_RANGE on PE 0
+    with pytest.raises(DeviceError) as e:
+        a.run_multi({1: (producer, [bx, t]), 0: (consumer, [t, by, foreign])})
+    assert (e.value.name, e.value.pe) == ("DRAM_RANGE", 0)
+    assert a.query(Query.BUSY_PES) == 0
+
+
+def test_malformed_pe_tables_fail_while_another_context_keeps_being_served(dev):
+    a = dev.context(memory=1 << 20)
+    b = dev.context(memory=1 << 20)
+    prog_a = a.load_program(load_from())
+    args = a.upload(np.array([a.alloc(64).addr] + [0] * 7, np.uint64))
+    prog_b = b.load_program(load_from())
+    ok = PeEntry(prog_a.addr, prog_a.length, 0, args.addr)
+    tables = {
+        "program in b's window": ([ok, PeEntry(prog_b.addr, 2, 1, args.addr)],
+                                  Status.BAD_ADDRESS),
+        "pe out of range": ([ok, PeEntry(prog_a.addr, 2, dev.caps.num_pes, args.addr)],
+                            Status.BAD_PE_MASK),
+        "same pe twice": ([ok, ok], Status.BAD_ARGUMENT),
+    }
+    for name, (entries, status) in tables.items():
+        table = a.upload(b"".join(e.pack() for e in entries))
+        with pytest.raises(CommandError) as e:
+            a.command(Opcode.RUN_PES, (table.addr, len(entries), 0)).wait()
+        assert (e.value.status, e.value.pc) == (status, 1), name
+    b_table = b.upload(b"".join(e.pack() for e in tables["same pe twice"][0]))
+    with pytest.raises(CommandError) as e:  # a's table is not b's to use, nor b's a's
+        a.command(Opcode.RUN_PES, (b_table.addr, 1, 0)).wait()
+    assert e.value.status == Status.BAD_ADDRESS
+    x, y, bx, by, out = _inputs(b, 6)
+    t = b.alloc(TILE)
+    b.run_multi({0: (b.load_program(barrier_producer()), [bx, t]),
+                 1: (b.load_program(barrier_consumer()), [t, by, out])})
+    np.testing.assert_array_equal(out.numpy(np.int32, (4, 16)), _staged_reference(x, y))

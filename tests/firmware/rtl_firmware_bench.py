@@ -1,7 +1,7 @@
 """cocotb bench: the command processor on the RTL, fed through the rings by a test host.
 
 Runs under `test_firmware_rtl.py`; writes its findings (completions, output bytes) to the
-pickle file named by $NPU_FW_BENCH_OUT for the pytest side to check against numpy.
+pickle file named by $NPU_BENCH_OUT for the pytest side to check against numpy.
 """
 
 import os
@@ -10,6 +10,7 @@ import struct
 
 import cocotb
 from npu_programs import TILE, add_int32, slow
+from rtl_run import bench_io
 
 from firmware import COMMAND_BYTES, COMPLETION_BYTES, Command, CommandProcessor, Completion, Opcode
 from firmware.rtl_bus import RtlBus
@@ -75,9 +76,8 @@ def _host(sync, mem, inputs):
 
 @cocotb.test()
 async def firmware_on_rtl(dut):
-    with open(os.environ["NPU_FW_BENCH_IN"], "rb") as fh:
-        inputs = pickle.load(fh)
-    spec = hwspec.load("small")
+    inputs, out_path = bench_io()
+    spec = hwspec.load(os.environ["NPU_BENCH_SPEC"])
     dut.dbg_we.value = 0
     dut.dbg_pe.value = 0
     dut.dbg_addr.value = 0
@@ -87,5 +87,4 @@ async def firmware_on_rtl(dut):
     cocotb.start_soon(dram.serve())
     bus = RegisterBus(dut)
     result = await run_blocking(_host, bus.sync(), dram.mem, inputs)
-    with open(os.environ["NPU_FW_BENCH_OUT"], "wb") as fh:
-        pickle.dump(result, fh)
+    out_path.write_bytes(pickle.dumps(result))

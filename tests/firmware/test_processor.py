@@ -4,7 +4,16 @@ import struct
 
 import numpy as np
 import pytest
-from npu_programs import TILE, add_int32, deadlock, load_from, no_end, slow
+from npu_programs import (
+    TILE,
+    add_int32,
+    barrier_consumer,
+    barrier_producer,
+    deadlock,
+    load_from,
+    no_end,
+    slow,
+)
 
 from firmware import (
     ARGS_PER_PE,
@@ -16,6 +25,7 @@ from firmware import (
     Completion,
     ModelBus,
     Opcode,
+    PeEntry,
     Query,
     Status,
 )
@@ -243,3 +253,86 @@ def test_destroy_cancels_queued_work_and_load_program_finds_illegal_opcodes(host
     assert host.done[second].status == Status.CANCELLED
     assert host.done[destroy].status == Status.OK
     assert not host.bus.read32(regs.pe_reg(0, regs.PE_STATUS)) & regs.PE_STATUS_BUSY
+
+
+def _pe_table(host, addr, entries):
+    """Write RUN_PES entries (PeEntry or raw 32-byte records) at `addr`; returns the args."""
+    blob = b"".join(e if isinstance(e, bytes) else e.pack() for e in entries)
+    host.bus.write_mem(addr, blob)
+    return addr, len(entries)
+
+
+def _two_pe_job(host, base, seed):
+    """PE 1 writes t = 2x to DRAM, BARRIER, PE 0 reads t and writes t - y (the PEs are
+    swapped against the programs' order so that the table's PE field is what counts)."""
+    x, y = _add_inputs(host, base, seed)
+    producer = host.put_program(base, barrier_producer())
+    consumer = host.put_program(base + 0x400, barrier_consumer())
+    t, out = base + 0x3000, base + 0x4000
+    args_p = host.put_args(base + 0x800, [base + 0x1000, t])
+    args_c = host.put_args(base + 0x900, [t, base + 0x2000, out])
+    table = _pe_table(host, base + 0xA00, [PeEntry(*consumer, 0, args_c),
+                                          PeEntry(*producer, 1, args_p)])
+    return x, y, table, out
+
+
+def test_run_pes_starts_a_program_per_pe_and_they_meet_at_a_barrier(host):
+    base = 0x10000
+    host.submit(1, Opcode.CREATE_CONTEXT, (base, 1 << 20))
+    x, y, table, out = _two_pe_job(host, base, 4)
+    run = host.submit(1, Opcode.RUN_PES, (*table, 0))
+    host.serve()
+    cpl = host.done[run]
+    assert cpl.status == Status.OK and cpl.cycles > 0, cpl
+    got = np.frombuffer(host.bus.read_mem(out, TILE), np.int32).reshape(4, 16)
+    np.testing.assert_array_equal(got, 2 * x - y)
+
+
+def test_the_same_programs_as_separate_runs_cannot_meet(host):
+    """Why RUN_PES exists: two RUNs of one context run one after the other."""
+    base = 0x10000
+    host.submit(1, Opcode.CREATE_CONTEXT, (base, 1 << 20))
+    producer = host.put_program(base, barrier_producer())
+    args = host.put_args(base + 0x800, [base + 0x1000, base + 0x3000])
+    run = host.submit(1, Opcode.RUN, (*producer, 0b10, args, 0))
+    host.serve()
+    c = host.done[run]
+    assert (c.status, c.error_code, c.pe) == (Status.PE_ERROR, isa.ERR_DEADLOCK, 1)
+
+
+def test_malformed_pe_tables_complete_with_errors_while_another_context_runs(host):
+    a, b = 0x10000, 0x200000
+    host.submit(1, Opcode.CREATE_CONTEXT, (a, 1 << 20))
+    host.submit(2, Opcode.CREATE_CONTEXT, (b, 1 << 20))
+    prog = host.put_program(a, load_from())
+    args = host.put_args(a + 0x800, [a + 0x1000])
+    ok = PeEntry(*prog, 0, args)
+    x, y, good_table, out = _two_pe_job(host, b, 5)
+    tables = {
+        "table outside the window": ((b + 0xA00, 1), Status.BAD_ADDRESS, 0),
+        "program outside the window": (
+            [ok, PeEntry(b, prog[1], 1, args)], Status.BAD_ADDRESS, 1),
+        "args outside the window": ([ok, PeEntry(*prog, 1, b + 0x800)], Status.BAD_ADDRESS, 1),
+        "pe out of range": (
+            [ok, PeEntry(*prog, host.fw.num_pes, args)], Status.BAD_PE_MASK, 1),
+        "same pe twice": ([ok, ok], Status.BAD_ARGUMENT, 1),
+        "reserved field set": ([ok.pack()[:28] + b"\1\0\0\0"], Status.BAD_ARGUMENT, 0),
+        "no entries": ((a + 0xA00, 0), Status.BAD_ARGUMENT, 0),
+        "more entries than PEs": ((a + 0xA00, host.fw.num_pes + 1), Status.BAD_ARGUMENT, 0),
+    }
+    tags = {}
+    for i, (name, (entries, _, _)) in enumerate(tables.items()):
+        where = entries if isinstance(entries, tuple) else _pe_table(host, a + 0x4000 + 0x100 * i,
+                                                                     entries)
+        tags[name] = host.submit(1, Opcode.RUN_PES, (*where, 0))
+    good = host.submit(2, Opcode.RUN_PES, (*good_table, 0))
+    host.serve()
+    got = {k: (Status(host.done[t].status), host.done[t].error_pc) for k, t in tags.items()}
+    assert got == {k: (status, entry) for k, (_, status, entry) in tables.items()}
+    assert host.done[good].status == Status.OK
+    res = np.frombuffer(host.bus.read_mem(out, TILE), np.int32).reshape(4, 16)
+    np.testing.assert_array_equal(res, 2 * x - y)
+    # The rejected context still runs.
+    again = host.submit(1, Opcode.RUN_PES, (*_pe_table(host, a + 0xF00, [ok]), 0))
+    host.serve()
+    assert host.done[again].status == Status.OK
