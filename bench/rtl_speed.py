@@ -2,8 +2,10 @@
 
 Runs a tiled int8 GEMM (DMA overlapped with compute through double buffers) on the RTL:
 256x256x256 under Verilator for the utilisation and Verilator's speed, a 64x64x64 one
-under Icarus for Icarus' speed, checks both results against numpy, and prints
-`name=value` pairs on its last line. `--quick` uses 128x128x128 under Verilator.
+under Icarus for Icarus' speed, checks both results against numpy, runs the calibration
+table of `hw.sim.calibrate` (RTL cycles against the model's estimates) under Verilator,
+and prints `name=value` pairs on its last line, `max_calib_err` being the largest relative
+error of the model there. `--quick` uses 128x128x128 under Verilator.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hw.sim import programs  # noqa: E402
+from hw.sim.calibrate import calibrate  # noqa: E402
 from hw.sim.diff import encode, program_base  # noqa: E402
 from hw.sim.npu import npu_verilog, run_cases  # noqa: E402
 from hw.spec import load  # noqa: E402
@@ -81,6 +84,7 @@ def main() -> int:
     if shutil.which("iverilog"):
         r2, wall2 = measure(spec, 64, "icarus")
         out["icarus_cycles_per_s"] = round(r2["cycles"] / wall2)
+    out["max_calib_err"] = round(max(abs(row[3]) for row in calibrate(spec, "verilator")), 4)
     out["total_s"] = round(time.monotonic() - t, 1)
     print(" ".join(f"{k}={v}" for k, v in out.items()))
     return 0

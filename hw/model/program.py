@@ -40,7 +40,7 @@ class Op:
 
     __slots__ = (
         "kind", "name", "queue", "ins", "disp_err", "err", "sram_err", "empty", "cycles",
-        "overhead", "nbytes", "macs", "mac_slots", "engine", "extent", "p",
+        "channel", "overhead", "nbytes", "macs", "mac_slots", "engine", "extent", "p",
     )
 
     def __init__(self, kind: int, name: str, ins: object):
@@ -53,6 +53,7 @@ class Op:
         self.sram_err = False
         self.empty = False
         self.cycles = costs.MIN_CYCLES
+        self.channel = 0  # DMA: cycles of `cycles` the shared DRAM channel is taken
         self.overhead = 0
         self.nbytes = 0
         self.macs = 0
@@ -88,6 +89,7 @@ class Limits:
         self.rate = dict(spec.pe.mac.rate)
         self.costs = costs.Costs(spec)
         self.dma_overhead = self.costs.dma_overhead()
+        self.store_overhead = self.costs.dma_overhead(store=True)
         self.class_names = {cls.__name__: n for n, cls in self.gen.isa.CLASSES.items()}
 
 
@@ -188,8 +190,11 @@ def _dma(lim: Limits, op: Op) -> None:
     op.sram_err = last > lim.sram or bool(ins.gather and ins.gather_addr + 4 * n2 > lim.sram)
     op.extent = (n2 - 1) * ins.dram_s2 + (n1 - 1) * ins.dram_s1 + n0
     op.nbytes = n0 * n1 * n2
-    op.overhead = lim.dma_overhead
-    op.cycles = lim.costs.dma_transfer(n0, n1, n2, bool(ins.gather))
+    store = op.kind != LOAD
+    op.overhead = lim.store_overhead if store else lim.dma_overhead
+    op.cycles = lim.costs.dma_transfer(n0, n1, n2, bool(ins.gather), store)
+    # A store slower than the channel leaves it free between its writes for other DMAs.
+    op.channel = min(op.cycles, lim.costs.dma_transfer(n0, n1, n2, bool(ins.gather)))
 
 
 def _matmul(lim: Limits, op: Op) -> None:

@@ -103,6 +103,7 @@ class Machine:
         self.lim = lim
         self.spec = lim.spec
         self.depth = self.spec.pe.queues.depth
+        self.dispatch_cycles = lim.costs.dispatch
         self.execute = execute
         self.on_stop = on_stop
         self.pes = [PEState(i, lim.num_sems) for i in range(lim.num_pes)]
@@ -244,7 +245,7 @@ class Machine:
         qa = pe.index * ACTORS + q
         if len(pend) == 1 and not self.live[qa] and pe.blocked_sem[q] is None:
             self._schedule(pe, q, max(t + costs.ISSUE_CYCLES, pe.q_free[q]))
-        pe.disp_t = t + costs.DISPATCH_CYCLES
+        pe.disp_t = t + self.dispatch_cycles
         self._schedule(pe, DISPATCH, pe.disp_t)
 
     def _drain_then(self, pe: PEState, t: int, op: Op | None) -> None:
@@ -294,8 +295,8 @@ class Machine:
             if (kind == LOAD or kind == STORE) and op.nbytes:
                 begin = max(t + op.overhead, self.channel_free)
                 finish = begin + op.cycles
-                self.channel_free = finish
-                self.channel_busy += op.cycles
+                self.channel_free = begin + op.channel
+                self.channel_busy += op.channel
                 pe.dram_bytes += op.nbytes
                 if self.trace:
                     self.transfers.append((begin, finish, op.nbytes))

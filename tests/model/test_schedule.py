@@ -9,7 +9,7 @@ import pytest
 from model_kit import DT, ISA, SPEC, start
 from racefree import Builder, random_program, reference
 
-from hw.model import Device, estimate, run_program
+from hw.model import Device, costs, estimate, run_program
 from hw.spec import load
 
 
@@ -38,10 +38,13 @@ def test_vector_chain_is_serial_on_the_compute_queue():
     rows, cols, n = 7, 33, 20
     ins = ISA.Vector(func=ISA.VECTOR_FUNCS["relu"], in_dtype=DT["int8"], out_dtype=DT["int8"],
                      rows=rows, cols=cols, src1_stride=cols, dst_addr=4096, dst_stride=cols)
-    tl = estimate(SPEC, {0: [ins] * n + [ISA.End()]})
-    cost = math.ceil(rows * cols / SPEC.pe.vector.lanes) + SPEC.pe.vector.pipeline_depth
-    assert tl.pes[0].vector_busy == n * cost
-    assert tl.cycles == 1 + n * cost  # one cycle from dispatch to start, then back to back
+    for spec, lanes in ((SPEC, costs.RTL_VECTOR_ELEMS_PER_CYCLE), (load("board"), None)):
+        # small times the RTL's one-lane unit, board the spec's lanes
+        lanes = lanes or spec.pe.vector.lanes
+        tl = estimate(spec, {0: [ins] * n + [ISA.End()]})
+        cost = math.ceil(rows * cols / lanes) + spec.pe.vector.pipeline_depth
+        assert tl.pes[0].vector_busy == n * cost
+        assert tl.cycles == 1 + n * cost  # one cycle from dispatch to start, then back to back
 
 
 def test_dma_bound_program_is_bounded_by_dram_bandwidth():
@@ -56,12 +59,35 @@ def test_dma_bound_program_is_bounded_by_dram_bandwidth():
 
 
 def test_burst_rounding_costs_short_rows():
-    # 64 rows of 4 bytes move 64 bursts, not 256 bytes
-    tl = estimate(SPEC, {0: [ISA.Load(n0=4, n1=64, n2=1, dram_s1=4, sram_s1=4), ISA.End()]})
-    burst = SPEC.dma.burst_bytes
-    rate = min(SPEC.dram.bytes_per_cycle, SPEC.sram_bytes_per_cycle)
-    overhead = SPEC.dma.setup_cycles + SPEC.dram.latency_cycles
+    # board: 64 rows of 4 bytes move 64 bursts, not 256 bytes
+    board = load("board")
+    tl = estimate(board, {0: [ISA.Load(n0=4, n1=64, n2=1, dram_s1=4, sram_s1=4), ISA.End()]})
+    burst = board.dma.burst_bytes
+    rate = min(board.dram.bytes_per_cycle, board.sram_bytes_per_cycle)
+    overhead = board.dma.setup_cycles + board.dram.latency_cycles
     assert tl.pes[0].load_busy == overhead + 64 * burst // rate
+    # small times the RTL: no bursts, one beat (a cycle) per 4-byte row
+    tl = estimate(SPEC, {0: [ISA.Load(n0=4, n1=64, n2=1, dram_s1=4, sram_s1=4), ISA.End()]})
+    overhead = SPEC.dma.setup_cycles + SPEC.dram.latency_cycles
+    assert tl.pes[0].load_busy == overhead + 64
+
+
+def test_rtl_datapath_store_is_half_rate_and_waits_no_latency():
+    n = 4096
+    tl = estimate(SPEC, {0: [ISA.Store(n0=n, n1=1, n2=1, sram_addr=0), ISA.End()]})
+    beats = n // costs.RTL_BEAT_BYTES
+    assert tl.pes[0].store_busy == SPEC.dma.setup_cycles + beats * costs.RTL_STORE_CYCLES_PER_BEAT
+    assert tl.dram_busy == beats  # the channel is free every other cycle of the store
+
+
+def test_rtl_datapath_fetch_spaces_dispatches():
+    # SEM_SIGNALs cost one cycle; on small each one waits for its word's DRAM fetch
+    sig = ISA.SemSignal(queue=0, sem=0)
+    n = 10
+    small = estimate(SPEC, {0: [sig] * n + [ISA.End()]}).cycles
+    board = estimate(load("board"), {0: [sig] * n + [ISA.End()]}).cycles
+    assert small >= n * SPEC.dram.latency_cycles
+    assert board <= 2 * n + 2
 
 
 def test_pes_share_one_dram_channel():
