@@ -131,6 +131,10 @@ def bind_inputs(exe: Executable, inputs: tuple) -> list[bytes]:
             raise ValueError(f"input {spec_i['name']} must have shape {spec_i['shape']}, "
                              f"got {list(x.shape)}; compile another shape bucket")
         x = x.detach().cpu().contiguous()
+        if "quant" in exe.meta and x.is_floating_point():  # an int8 executable's float input
+            from stack.compiler.quant import quantize_input
+
+            x = quantize_input(exe, x)
         if spec_i["dtype"] == "bf16":
             out.append(x.float().to(torch.bfloat16).view(torch.int16).numpy().tobytes())
             continue

@@ -5,9 +5,10 @@ keeps arena, input and output buffers; every `submit` writes the inputs, queues 
 returns a handle whose `result()` waits and reads the outputs back. Several devices take
 submissions round-robin.
 
-The driver's RUN command starts one program on every PE of its mask, so the runtime runs
-executables whose PEs share one program (single-PE executables); executables with a
-different program per PE run on the functional model through `stack.compiler.run_on_model`.
+An executable runs as one driver job (`Context.submit_multi`, the firmware's RUN_PES): each
+of its PEs gets its own program and ARG0..3 = constants, arena, inputs, outputs, and the
+PEs start together so that their BARRIERs meet. An executable needing more PEs than the
+device reports (`caps.num_pes`) is refused.
 """
 
 from __future__ import annotations
@@ -61,25 +62,44 @@ class _Binding:
     """One device's copy of an executable: its context, program and buffers."""
 
     def __init__(self, exe: Executable, index: int):
-        progs = set(exe.programs.values())
-        if len(progs) != 1:
-            raise ValueError(
-                f"this executable has a different program on each of its {exe.num_pes} PEs; "
-                "the driver's RUN starts one program on all PEs of its mask - compile with "
-                "pes=1 for the driver, or run it with stack.compiler.run_on_model")
         self.dev = driver.open(index, spec=exe.spec_name)
+        self._bind(exe)
+
+    @classmethod
+    def on(cls, exe: Executable, dev: Any) -> _Binding:
+        """A binding on an already open device (e.g. one `driver.attach`ed to the RTL)."""
+        self = cls.__new__(cls)
+        self.dev = dev
+        self._bind(exe)
+        return self
+
+    def _bind(self, exe: Executable) -> None:
+        have = self.dev.caps.num_pes
+        if max(exe.programs, default=0) >= have:
+            raise ValueError(
+                f"this executable uses PEs {sorted(exe.programs)} but device "
+                f"npu{self.dev.index} has {have} PE(s); compile it with pes <= {have}")
         isize = sum(input_bytes(i) for i in exe.inputs) or 64
         osize = max((o["offset"] + _numel(o["shape"]) * 4 for o in exe.outputs), default=64)
-        prog = next(iter(progs))
-        need = len(exe.consts) + exe.arena_bytes + isize + osize + len(prog) + (1 << 16)
+        code = sum(len(p) for p in exe.programs.values())
+        need = len(exe.consts) + exe.arena_bytes + isize + osize + code + (1 << 16)
         self.ctx = self.dev.context(memory=-(-need // 4096) * 4096 + (1 << 20))
         self.consts = self.ctx.upload(exe.consts or b"\0")
         self.arena = self.ctx.alloc(max(exe.arena_bytes, 64))
         self.inputs = self.ctx.alloc(isize)
         self.outputs = self.ctx.alloc(osize)
-        self.program = self.ctx.load_program(prog)
-        self.mask = (1 << exe.num_pes) - 1
+        # PEs sharing one program share its loaded copy.
+        loaded: dict[bytes, Any] = {}
+        for prog in exe.programs.values():
+            if prog not in loaded:
+                loaded[prog] = self.ctx.load_program(prog)
+        self.programs = {pe: loaded[prog] for pe, prog in exe.programs.items()}
         self.lock = threading.Lock()
+
+    def submit(self) -> Any:
+        """Queue one job running every PE's program over this binding's buffers."""
+        args = [self.consts, self.arena, self.inputs, self.outputs]
+        return self.ctx.submit_multi({pe: (p, args) for pe, p in self.programs.items()})
 
     def close(self) -> None:
         self.ctx.close()
@@ -144,13 +164,15 @@ class _Done:
 
 
 class Session:
-    """An executable or bundle ready to run on `devices` ("npu:0", "npu:0-3").
+    """An executable or bundle ready to run on `devices` ("npu:0", "npu:0-3", or an open
+    `driver.Device`, e.g. one `driver.attach`ed to a kernel over the RTL).
 
     A bundle (CPU fallback partitions, shape buckets) gets a session per NPU executable,
     each with its weights uploaded once; its CPU steps run on the host between them.
     """
 
-    def __init__(self, exe: Executable | Bundle, devices: str | int | list[int] | None = None):
+    def __init__(self, exe: Executable | Bundle,
+                 devices: str | int | list[int] | driver.Device | None = None):
         import hw.spec
 
         self.exe = exe
@@ -161,7 +183,10 @@ class Session:
             return
         spec = hw.spec.load(exe.spec_name)
         self.peak_macs_per_cycle = spec.pe.mac.rows * spec.pe.mac.cols * exe.num_pes
-        self.bindings = [_Binding(exe, i) for i in parse_devices(devices)]
+        if isinstance(devices, driver.Device):
+            self.bindings = [_Binding.on(exe, devices)]
+        else:
+            self.bindings = [_Binding(exe, i) for i in parse_devices(devices)]
         self._next = itertools.cycle(self.bindings)
 
     def _run_bundle(self, inputs: tuple, profile: list | None = None) -> Result:
@@ -195,8 +220,7 @@ class Session:
         try:
             for spec_i, raw in zip(self.exe.inputs, data, strict=True):
                 b.inputs.write(raw, spec_i["offset"])
-            job = b.ctx.submit(b.program, [b.consts, b.arena, b.inputs, b.outputs],
-                               pe_mask=b.mask)
+            job = b.submit()
         except BaseException:
             b.lock.release()
             raise

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
+import driver
 import stack
+from stack.compiler import run_on_model
 from stack.runtime import Session, parse_devices
 
 
@@ -32,11 +34,28 @@ def test_session_reuses_weights_and_submits_async():
         assert (res.outputs - m(x)).abs().max().item() < 2e-2
 
 
-def test_multi_pe_program_refused_by_driver_session():
+def test_two_pe_executable_through_the_driver_matches_eager_and_the_model():
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(),
+                            torch.nn.Linear(64, 32)).eval()
+    x = torch.randn(8, 16)
+    exe = stack.compile(m, (x,), spec="small", pes=2)
+    assert exe.num_pes == 2 and len(set(exe.programs.values())) == 2
+    with Session(exe) as s:
+        got = s.run(x)
+    ref = m(x).detach()
+    assert (got.outputs - ref).abs().max().item() < 2e-2 * ref.abs().max().item() + 1e-3
+    direct, _ = run_on_model(exe, (x,))
+    assert torch.equal(got.outputs, direct)  # bit for bit
+    assert got.stats["cycles"] > 0
+
+
+def test_executable_needing_more_pes_than_the_device_is_refused():
     m = torch.nn.Linear(8, 64).eval()
-    exe = stack.compile(m, (torch.randn(2, 8),), pes=2)
-    with pytest.raises(ValueError, match="different program on each"):
-        Session(exe)
+    exe = stack.compile(m, (torch.randn(2, 8),), spec="board", pes=4)
+    with pytest.raises(ValueError, match="has 2 PE"):
+        with driver.open(local=True, spec="small") as dev:
+            Session(exe, dev)
 
 
 def test_parse_devices():
@@ -56,3 +75,23 @@ def test_torch_compile_backend():
         y = f(x)
         ref = m(x)
     assert (y - ref).abs().max().item() < 2e-2 * ref.abs().max().item() + 1e-3
+
+
+def _python(code):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    return subprocess.run([sys.executable, "-c", code], env=env, cwd=root, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def test_import_stack_does_not_import_torch_but_registers_the_backend():
+    assert _python("import sys, stack.cli; print('torch' in sys.modules)") == "False"
+    code = ("import stack, torch\n"
+            "from torch._dynamo.backends.registry import lookup_backend, list_backends\n"
+            "print('npu' in list_backends(), lookup_backend('npu').__module__)")
+    assert _python(code) == "True stack"
