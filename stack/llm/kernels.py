@@ -241,13 +241,15 @@ def linear(b: Builder, ar: Arena, x: int, M: int, K: int, w_arg: int, w_off: int
 
 
 def rope(b: Builder, x: int, stride: int, rows: int, hd: int, cos: int, sin: int, out: int,
-         out_stride: int, tmp: int) -> None:
-    """out = x * cos + rotate_half(x) * sin for one head: x [rows, hd] bf16, cos/sin [rows, hd].
+         out_stride: int, tmp: int, cs_stride: int | None = None) -> None:
+    """out = x * cos + rotate_half(x) * sin: x [rows, hd] bf16, cos/sin [rows, hd] bf16.
 
     Each product and the sum round to bf16, as the bf16 Hugging Face model does.
+    `cs_stride` is the cos/sin row stride (default one row per x row; 0 repeats one row,
+    which rotates several heads of one token in one instruction).
     """
     h = hd // 2
-    cs = sn = hd * 2
+    cs = sn = hd * 2 if cs_stride is None else cs_stride
     ts = h * 2
     t1, t2 = tmp, tmp + rows * h * 2
     # first half: x_lo * cos_lo - x_hi * sin_lo
@@ -304,9 +306,10 @@ def _attention_phase(b: Builder, plan: Plan, spec: Spec, layer: int, B: int, Q: 
     b.wait("load", "compute")
     nr = plan.qkv_rows
     y = ar.alloc(M * nr * 2)
-    qr = ar.alloc(hg * M * hd * 2)  # rotated queries, head-major [hg][M, hd]
-    kr = ar.alloc(M * hd * 2)
-    tmp = ar.alloc(M * hd * 2)
+    # rotated queries, head-major [hg][M, hd], then the rotated key [M, hd]
+    qr = ar.alloc((hg + 1) * M * hd * 2)
+    kr = qr + hg * M * hd * 2
+    tmp = ar.alloc((hg + 1) * M * hd * 2)
     bias = ar.alloc(nr * 4) if c.attention_bias else None
     kt = ar.alloc(T * hd * 2)
     vt = ar.alloc(T * hd * 2)
@@ -323,9 +326,14 @@ def _attention_phase(b: Builder, plan: Plan, spec: Spec, layer: int, B: int, Q: 
             b.load(0, blob[f"{layer}.qkv_bias{i}"], bias, nr * 4)
             b.dep("load", "compute")
         linear(b, ar, xn, M, H, 0, blob[f"{layer}.qkv{i}"], nr, y, nr * 2, bias=bias)
-        for j in range(hg):
-            rope(b, y + j * hd * 2, nr * 2, M, hd, cos, sin, qr + j * M * hd * 2, hd * 2, tmp)
-        rope(b, y + hg * hd * 2, nr * 2, M, hd, cos, sin, kr, hd * 2, tmp)
+        if M == 1:
+            # one token: its hg query heads and its key head are hg + 1 rows of hd
+            rope(b, y, hd * 2, hg + 1, hd, cos, sin, qr, hd * 2, tmp, cs_stride=0)
+        else:
+            for j in range(hg):
+                rope(b, y + j * hd * 2, nr * 2, M, hd, cos, sin, qr + j * M * hd * 2, hd * 2,
+                     tmp)
+            rope(b, y + hg * hd * 2, nr * 2, M, hd, cos, sin, kr, hd * 2, tmp)
         b.dep("compute", "store")
         # write this step's keys and values into their cache slots
         b.store(2, plan.kv_offset(layer, "k") + kv_col, kr, hd * 2, 1, M, ds2=kvd * 2,

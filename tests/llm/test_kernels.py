@@ -66,11 +66,13 @@ def test_rmsnorm_then_linear_matches_numpy(M, H, N):
     np.testing.assert_allclose(got_y.astype(np.float32), ref_y, rtol=2 ** -7, atol=1e-3)
 
 
-def test_rope_matches_rotate_half_formula():
+@pytest.mark.parametrize("one_token", [False, True])
+def test_rope_matches_rotate_half_formula(one_token):
+    """Rows are tokens with their own angles, or (one_token) heads sharing one cos/sin row."""
     rng = np.random.default_rng(0)
     rows, hd = 6, 16
     x = rng.standard_normal((rows, hd)).astype(BF)
-    ang = rng.uniform(0, 6, (rows, hd // 2))
+    ang = rng.uniform(0, 6, (1 if one_token else rows, hd // 2))
     cos = np.concatenate([np.cos(ang)] * 2, -1).astype(BF)
     sin = np.concatenate([np.sin(ang)] * 2, -1).astype(BF)
     b = Builder(SPEC, ISA)
@@ -80,13 +82,15 @@ def test_rope_matches_rotate_half_formula():
     b.load(0, 4096, cs, rows * hd * 2)
     b.load(0, 8192, ss, rows * hd * 2)
     b.dep("load", "compute")
-    K.rope(b, xs, hd * 2, rows, hd, cs, ss, out, hd * 2, tmp)
+    K.rope(b, xs, hd * 2, rows, hd, cs, ss, out, hd * 2, tmp,
+           cs_stride=0 if one_token else None)
     b.dep("compute", "store")
     b.store(0, 1 << 16, out, rows * hd * 2)
     dev, _ = run_program(SPEC, {0: b.end()},
                          {0: x.tobytes(), 4096: cos.tobytes(), 8192: sin.tobytes()}, {0: [0]})
     got = np.frombuffer(dev.read_dram(1 << 16, rows * hd * 2), BF).astype(np.float32)
     xf, c, s = (a.astype(np.float32) for a in (x, cos, sin))
+    c, s = np.broadcast_to(c, (rows, hd)), np.broadcast_to(s, (rows, hd))
     rot = np.concatenate([-xf[:, hd // 2:], xf[:, :hd // 2]], -1)
     ref = r16(r16(xf * c) + r16(rot * s))
     np.testing.assert_array_equal(got.reshape(rows, hd), ref)

