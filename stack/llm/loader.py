@@ -4,7 +4,7 @@ A model is named by a short name of a packaged model (`smollm2-135m-instruct`), 
 Hugging Face folder (config.json + safetensors), a hub id already in the local Hugging Face
 cache (read offline), or a GGUF file. GGUF weights are dequantized with the `gguf` package;
 the tokenizer, which transformers builds slowly from GGUF metadata, is saved once under
-`$NPU_CACHE_DIR` (default ~/.cache/npu-emu) and reused.
+`$NPU_EMU_CACHE` (default ~/.cache/npu-emu) and reused.
 
 Supported architectures: LlamaForCausalLM (SmolLM2, Llama 2/3/3.1 with llama3 rope scaling)
 and Qwen2ForCausalLM (query/key/value bias). Weights come back as float32 numpy arrays in
@@ -34,7 +34,7 @@ ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
 
 
 def cache_dir() -> Path:
-    d = Path(os.environ.get("NPU_CACHE_DIR", Path.home() / ".cache" / "npu-emu"))
+    d = Path(os.environ.get("NPU_EMU_CACHE", Path.home() / ".cache" / "npu-emu"))
     d.mkdir(parents=True, exist_ok=True)
     return d
 

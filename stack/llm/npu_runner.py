@@ -9,7 +9,7 @@ on all PEs through the driver, and reads back the bf16 logits.
 
 Programs are generated once per bucket: decode buckets (B sequences x 1 token, B a power
 of two) and prefill buckets (1 sequence x Q tokens, Q a power of two), each for a power of
-two number of KV blocks. Encoded programs are cached on disk under `$NPU_CACHE_DIR` keyed by
+two number of KV blocks. Encoded programs are cached on disk under `$NPU_EMU_CACHE` keyed by
 the spec hash, the model shape and the runner version, so a second run skips generation.
 
 Not done on the NPU: sampling and detokenization (host), the rope cos/sin tables and the

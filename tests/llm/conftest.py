@@ -15,13 +15,13 @@ def tiny_model():
 def _npu_cache(tmp_path_factory):
     import os
 
-    old = os.environ.get("NPU_CACHE_DIR")
-    os.environ["NPU_CACHE_DIR"] = str(tmp_path_factory.mktemp("npu-cache"))
+    old = os.environ.get("NPU_EMU_CACHE")
+    os.environ["NPU_EMU_CACHE"] = str(tmp_path_factory.mktemp("npu-cache"))
     yield
     if old is None:
-        os.environ.pop("NPU_CACHE_DIR", None)
+        os.environ.pop("NPU_EMU_CACHE", None)
     else:
-        os.environ["NPU_CACHE_DIR"] = old
+        os.environ["NPU_EMU_CACHE"] = old
 
 
 @pytest.fixture(scope="session")

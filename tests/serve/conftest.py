@@ -41,7 +41,7 @@ def cache_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def server(model_dir, cache_dir, tmp_path_factory):
     port = _free_port()
-    env = dict(os.environ, NPU_CACHE_DIR=str(cache_dir), PYTHONPATH=str(ROOT),
+    env = dict(os.environ, NPU_EMU_CACHE=str(cache_dir), PYTHONPATH=str(ROOT),
                NPU_DEVICE_DIR=str(tmp_path_factory.mktemp("no-devices")))
     log = open(tmp_path_factory.mktemp("log") / "server.log", "w+")
     proc = subprocess.Popen(

@@ -22,7 +22,7 @@ def client(server):
 
 @pytest.fixture(scope="module")
 def offline(model_dir, cache_dir):
-    os.environ["NPU_CACHE_DIR"] = str(cache_dir)
+    os.environ["NPU_EMU_CACHE"] = str(cache_dir)
     with LLM(str(model_dir), spec="small", max_model_len=256, max_num_seqs=16,
              block_size=8) as llm:
         yield llm
