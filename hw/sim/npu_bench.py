@@ -172,11 +172,8 @@ async def run_case(dut, bus: RegisterBus, dram: Dram, spec: Spec, case: dict) ->
     return out
 
 
-@cocotb.test()
-async def run_job(dut):
-    """Run every case of the job file and write the results next to it."""
-    job = pickle.loads(open(job_path(), "rb").read())
-    spec = Spec(job["spec"])
+async def bring_up(dut, spec) -> tuple[RegisterBus, Dram]:
+    """Quiet the bench-driven inputs, start clock, reset and the DRAM model; returns (bus, DRAM)."""
     dut.dbg_we.value = 0
     dut.dbg_pe.value = 0
     dut.dbg_addr.value = 0
@@ -184,7 +181,15 @@ async def run_job(dut):
     await start_clock_and_reset(dut, period_ns=PERIOD_NS)
     dram = Dram(dut, spec.dram_bytes, spec.dram.latency_cycles)
     cocotb.start_soon(dram.serve())
-    bus = RegisterBus(dut)
+    return RegisterBus(dut), dram
+
+
+@cocotb.test()
+async def run_job(dut):
+    """Run every case of the job file and write the results next to it."""
+    job = pickle.loads(open(job_path(), "rb").read())
+    spec = Spec(job["spec"])
+    bus, dram = await bring_up(dut, spec)
     results = []
     for case in job["cases"]:
         results.append(await run_case(dut, bus, dram, spec, case))

@@ -12,8 +12,8 @@ import pickle
 import cocotb
 
 from hw import spec as hwspec
-from hw.sim.bus import RegisterBus, run_blocking, start_clock_and_reset
-from hw.sim.npu_bench import PERIOD_NS, Dram
+from hw.sim.bus import run_blocking
+from hw.sim.npu_bench import bring_up
 
 QUANTUM = 64  # cycles per service pass: small, since a register poll costs only a few
 
@@ -47,14 +47,7 @@ async def executable_on_rtl(dut):
     with open(os.environ["NPU_STACK_JOB"], "rb") as fh:
         job = pickle.load(fh)
     spec = hwspec.load(job["spec"])
-    dut.dbg_we.value = 0
-    dut.dbg_pe.value = 0
-    dut.dbg_addr.value = 0
-    dut.dram_resp_valid.value = 0
-    await start_clock_and_reset(dut, period_ns=PERIOD_NS)
-    dram = Dram(dut, spec.dram_bytes, spec.dram.latency_cycles)
-    cocotb.start_soon(dram.serve())
-    bus = RegisterBus(dut)
+    bus, dram = await bring_up(dut, spec)
     result = await run_blocking(_host, bus.sync(), dram.mem, spec, job)
     with open(job["out"], "wb") as fh:
         pickle.dump(result, fh)
