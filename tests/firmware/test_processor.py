@@ -225,7 +225,10 @@ def test_runs_on_two_pes_with_per_pe_arguments_and_a_fence(host):
     host.serve()
     assert host.done[run].status == Status.OK and host.done[fence].status == Status.OK
     assert list(host.done).index(run) < list(host.done).index(fence)
-    read = lambda addr: np.frombuffer(host.bus.read_mem(addr, TILE), np.int32).reshape(4, 16)  # noqa: E731
+
+    def read(addr):
+        return np.frombuffer(host.bus.read_mem(addr, TILE), np.int32).reshape(4, 16)
+
     np.testing.assert_array_equal(read(base + 0x3000), x + y)
     np.testing.assert_array_equal(read(base + 0x4000), y + y)
 
