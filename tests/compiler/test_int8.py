@@ -11,20 +11,8 @@ from stack.compiler import run_on_model
 from stack.compiler.quant import dequantize_output, quantize_input
 
 
-def _numpy_int8_mlp(layers, xq):
-    h = xq.astype(np.int64)
-    for ly in layers:
-        acc = h @ ly.weight.astype(np.int64) + ly.bias.astype(np.int64)
-        acc = ((acc + 2**31) % 2**32) - 2**31
-        s = ly.shift
-        h = np.clip(np.floor_divide(acc + (2 ** (s - 1) if s else 0), 2**s), -128, 127)
-        if ly.relu:
-            h = np.where(h > 0, h, 0)
-    return h
-
-
 @pytest.mark.parametrize("pes", [1, 2])
-def test_int8_mlp_matches_numpy_integers_and_approximates_float(pes):
+def test_int8_mlp_matches_numpy_integers_and_approximates_float(pes, numpy_int8_mlp):
     torch.manual_seed(1)
     m = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64),
                             torch.nn.ReLU(), torch.nn.Linear(64, 16)).eval()
@@ -34,7 +22,7 @@ def test_int8_mlp_matches_numpy_integers_and_approximates_float(pes):
     y, _ = run_on_model(exe, (x,))
     xq = quantize_input(exe, x).numpy()
     assert np.abs(xq).max() <= 127 and np.abs(xq).max() >= 64  # calibrated to the range
-    np.testing.assert_array_equal(y.numpy(), _numpy_int8_mlp(exe.int8_layers, xq))
+    np.testing.assert_array_equal(y.numpy(), numpy_int8_mlp(exe.int8_layers, xq))
     ref = m(x).detach()
     err = (dequantize_output(exe, y) - ref).abs().max().item()
     assert err < 0.1 * ref.abs().max().item()

@@ -15,21 +15,8 @@ from stack.compiler.quant import quantize_input
 pytestmark = [pytest.mark.rtl, pytest.mark.slow]
 
 
-def _numpy_int8_mlp(layers, xq):
-    """Integer MLP written out independently: int64 matmul, int32 wrap, round-half-up
-    shift, int8 saturation, ReLU."""
-    h = xq.astype(np.int64)
-    for ly in layers:
-        acc = h @ ly.weight.astype(np.int64) + ly.bias.astype(np.int64)
-        acc = ((acc + 2**31) % 2**32) - 2**31
-        s = ly.shift
-        h = np.clip(np.floor_divide(acc + (2 ** (s - 1) if s else 0), 2**s), -128, 127)
-        if ly.relu:
-            h = np.where(h > 0, h, 0)
-    return h
 
-
-def test_int8_mlp_on_the_rtl_equals_the_model_and_numpy():
+def test_int8_mlp_on_the_rtl_equals_the_model_and_numpy(numpy_int8_mlp):
     torch.manual_seed(3)
     m = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(),
                             torch.nn.Linear(32, 16)).eval()
@@ -39,7 +26,7 @@ def test_int8_mlp_on_the_rtl_equals_the_model_and_numpy():
     on_rtl = stack.compile_and_run(m, (x,), spec="small", dtype="int8", backend="rtl")
     on_model = stack.compile_and_run(m, (x,), spec="small", dtype="int8")
     direct, _ = run_on_model(exe, (x,))
-    ref = _numpy_int8_mlp(exe.int8_layers, quantize_input(exe, x).numpy())
+    ref = numpy_int8_mlp(exe.int8_layers, quantize_input(exe, x).numpy())
     assert on_rtl.outputs.dtype == torch.int32
     assert torch.equal(on_rtl.outputs, on_model.outputs)
     assert torch.equal(on_rtl.outputs, direct)
