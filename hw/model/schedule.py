@@ -14,6 +14,9 @@ a dispatcher fault (illegal opcode, bad SEM/BARRIER field, PC overrun, program f
 of the window) waits for the queues to drain first, as END does. A PE with no pending
 event that is not waiting at a barrier can never move again and gets DEADLOCK.
 
+A run that repeats one already seen (same programs, PEs, ARG registers and windows, no
+other PE running) is replayed rather than rescheduled, see `hw.model.replay`.
+
 Not modelled: instruction fetch bandwidth (the program is fetched at START), contention
 for the SRAM port between queues, and DMA transfers of one queue pipelining.
 """
@@ -39,6 +42,7 @@ from hw.model.program import (
     Limits,
     Op,
 )
+from hw.model.replay import Replayer
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,9 @@ class PEState:
         self.error_pc = 0
         self.at_barrier = False
         self.barrier_mask = 0
+        self.replay = None  # the recorded figures a replayed run ends with
+        self.skip = 0  # executes whose effects a replay already applied
+        self.skip_err = 0  # the error the recorded run met after those, if any
         self.clear()
 
     def clear(self) -> None:
@@ -88,6 +95,9 @@ class PEState:
         self.dram_bytes = 0
         self.macs = 0
         self.mac_slots = 0
+        self.replay = None
+        self.skip = 0
+        self.skip_err = 0
 
 
 class Machine:
@@ -122,12 +132,19 @@ class Machine:
         self.E_PC_OVERRUN = e["PC_OVERRUN"]
         self.E_DRAM = e["DRAM_RANGE"]
         self.E_BAD_FIELD = e["BAD_FIELD"]
+        self.replayer = Replayer(self) if execute is not None and not trace else None
 
     # control
 
     def start(self, p: int, prog: tuple[Op, ...], prog_len: int, fetch_limit: int,
               ctx: Context | None, t: int) -> None:
         """Start PE `p` at cycle `t` on `prog` (`fetch_limit` words lie inside its window)."""
+        if self.replayer is not None:
+            self.replayer.on_start(p, prog, prog_len, fetch_limit, ctx, t)
+        self._start(p, prog, prog_len, fetch_limit, ctx, t)
+
+    def _start(self, p: int, prog: tuple[Op, ...], prog_len: int, fetch_limit: int,
+               ctx: Context | None, t: int) -> None:
         pe = self.pes[p]
         self._drop(pe)
         pe.clear()
@@ -138,6 +155,8 @@ class Machine:
 
     def stop(self, p: int, t: int, clear: bool) -> None:
         """CTRL.STOP (keep status) or CTRL.RESET (`clear`): stop at once, drop the queues."""
+        if self.replayer is not None:
+            self.replayer.interrupt(t)
         pe = self.pes[p]
         was_running = pe.running
         self._drop(pe)
@@ -153,6 +172,8 @@ class Machine:
 
     def fault(self, p: int, code: int, t: int) -> None:
         """Stop running PE `p` with error `code` at cycle `t` (the firmware's watchdog)."""
+        if self.replayer is not None:
+            self.replayer.interrupt(t)
         pe = self.pes[p]
         if pe.running:
             self._fault(pe, code, pe.pc, t)
@@ -172,6 +193,8 @@ class Machine:
 
     def run(self, limit: int) -> int:
         """Process every event before cycle `limit`; returns the last event's cycle."""
+        if self.replayer is not None and self.replayer.pending:
+            self.replayer.begin()
         heap = self.heap
         version, live, pes = self.version, self.live, self.pes
         last = -1
@@ -210,6 +233,9 @@ class Machine:
         pe.nlive = 0
 
     def _dispatch(self, pe: PEState, t: int) -> None:
+        if pe.replay is not None:
+            self.replayer.end(pe, t)
+            return
         if pe.fault:
             self._drain_then(pe, t, None)
             return
@@ -285,8 +311,15 @@ class Machine:
                 self._schedule(pe, wq, t)
             finish = t + op.cycles
         else:
-            if self.execute is not None:
+            if pe.skip:
+                pe.skip -= 1
+                err = 0
+            elif pe.skip_err:
+                err, pe.skip_err = pe.skip_err, 0
+            elif self.execute is not None:
                 err = self.execute(pe.ctx, op)
+                if self.replayer is not None and self.replayer.recording is not None:
+                    self.replayer.recording.append((pe.index, op))
             else:
                 err = op.err or (op.sram_err and not op.empty and self.lim.errors["SRAM_RANGE"])
             if err:
@@ -323,8 +356,10 @@ class Machine:
         pe.running = False
         pe.done = True
         pe.end_t = t
-        if self.on_stop:
+        if self.on_stop and not (self.replayer and self.replayer.quiet(pe)):
             self.on_stop(pe, t)
+        if self.replayer is not None:
+            self.replayer.on_finish(pe, t)
         self._stranded_barriers(t)
 
     def _fault(self, pe: PEState, code: int, pc: int, t: int) -> None:
