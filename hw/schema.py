@@ -176,7 +176,10 @@ _DMA_FIELDS = (
 INSTRUCTION_FIELDS = {
     "LOAD": _DMA_FIELDS,
     "STORE": _DMA_FIELDS,
-    "MATMUL": "dtype accumulate transpose_b m n k a_addr b_addr c_addr a_stride b_stride c_stride",
+    "MATMUL": (
+        "dtype accumulate transpose_b m n k a_addr b_addr c_addr a_stride b_stride c_stride "
+        "narrow group b_group_stride"
+    ),
     "VECTOR": (
         "func in_dtype out_dtype src2_mode rows cols src1_addr src2_addr dst_addr "
         "src1_stride src2_stride dst_stride shift imm"
@@ -205,7 +208,7 @@ _DTYPE_NAMES = ("int8", "int32", "bf16", "fp32", "fp8_e4m3", "fp8_e5m2", "int16"
 _MAC_DTYPES = ("int8", "bf16", "fp8_e4m3", "fp8_e5m2")
 _VECTOR_FUNCS = (
     "copy add sub mul max min relu mul_shift clamp row_sum row_max exp recip rsqrt silu "
-    "gelu_tanh gelu_erf sigmoid tanh div"
+    "gelu_tanh gelu_erf sigmoid tanh div softmax"
 ).split()
 
 SPEC = Record(

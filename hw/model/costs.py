@@ -35,6 +35,8 @@ MIN_CYCLES = 1
 MATMUL_TILE_EXTRA = 0
 # Extra cycles per VECTOR instruction on top of ceil(elements / lanes) + pipeline depth.
 VECTOR_EXTRA = 0
+# Passes of the vector unit over a row for softmax: the max, exp and sum, the scaling.
+SOFTMAX_PASSES = 3
 # Extra cycles per gather entry (the table read) on top of the transfer.
 GATHER_ENTRY_CYCLES = 0
 
@@ -121,8 +123,11 @@ class Costs:
         per_tile = _ceil(k, self.rate.get(dtype, 1)) + self.mac_depth + MATMUL_TILE_EXTRA
         return max(MIN_CYCLES, tiles * per_tile)
 
-    def vector(self, rows: int, cols: int) -> int:
-        """ceil(rows * cols / lanes) + pipeline depth (lanes: the datapath's elements a cycle)."""
+    def vector(self, rows: int, cols: int, func: str = "") -> int:
+        """ceil(rows * cols / lanes) + pipeline depth (lanes: the datapath's elements a cycle),
+        the elements once more per extra pass of softmax."""
         if not (rows and cols):
             return MIN_CYCLES
-        return max(MIN_CYCLES, _ceil(rows * cols, self.lanes) + self.vec_depth + VECTOR_EXTRA)
+        passes = SOFTMAX_PASSES if func == "softmax" else 1
+        return max(MIN_CYCLES,
+                   passes * _ceil(rows * cols, self.lanes) + self.vec_depth + VECTOR_EXTRA)

@@ -128,16 +128,30 @@ class Executor:
 
     def _matmul(self, sram: np.ndarray, op: Op) -> None:
         ins = op.ins
-        dtype, acc, es, cs = op.p
+        dtype, acc, es, c_type, groups = op.p
         m, n, k = ins.m, ins.n, ins.k
         dt = NP_DTYPES[dtype]
-        a = _view(sram, ins.a_addr, (m, k), (ins.a_stride, es), dt)
-        if ins.transpose_b:
-            b = _view(sram, ins.b_addr, (n, k), (ins.b_stride, es), dt).T
+        c = _view(sram, ins.c_addr, (m, n), (ins.c_stride, NP_DTYPES[c_type].itemsize),
+                  NP_DTYPES[c_type])
+        if groups == 1:
+            a = _view(sram, ins.a_addr, (m, k), (ins.a_stride, es), dt)
+            if ins.transpose_b:
+                b = _view(sram, ins.b_addr, (n, k), (ins.b_stride, es), dt).T
+            else:
+                b = _view(sram, ins.b_addr, (k, n), (ins.b_stride, es), dt)
         else:
-            b = _view(sram, ins.b_addr, (k, n), (ins.b_stride, es), dt)
-        c = _view(sram, ins.c_addr, (m, n), (ins.c_stride, cs), NP_DTYPES[acc])
-        c[...] = numerics.matmul(a, b, c if ins.accumulate else None, acc, self.exact)
+            # (groups, rows, k) over the same rows, B one tile per group
+            g, gs = m // groups, ins.b_group_stride
+            a = _view(sram, ins.a_addr, (groups, g, k), (g * ins.a_stride, ins.a_stride, es), dt)
+            if ins.transpose_b:
+                b = _view(sram, ins.b_addr, (groups, n, k), (gs, ins.b_stride, es),
+                          dt).transpose(0, 2, 1)
+            else:
+                b = _view(sram, ins.b_addr, (groups, k, n), (gs, ins.b_stride, es), dt)
+        acc_in = c.reshape(a.shape[:-1] + (n,)) if ins.accumulate else None
+        narrow = c_type if ins.narrow else None
+        out = numerics.matmul(a, b, acc_in, acc, self.exact, narrow)
+        c[...] = out.reshape(m, n)
 
     def _vector(self, sram: np.ndarray, op: Op) -> None:
         ins = op.ins
@@ -154,6 +168,6 @@ class Executor:
             b = _view(sram, ins.src2_addr, (rows, 1), (ins.src2_stride, ies), it)
         elif mode == "imm":
             b = numerics.imm_operand(ins.imm, in_t)
-        result = numerics.vector(func, in_t, a, b, ins.shift, ins.imm)
+        result = numerics.vector(func, in_t, a, b, ins.shift, ins.imm, self.exact)
         dst = _view(sram, ins.dst_addr, (rows, dst_cols), (ins.dst_stride, oes), NP_DTYPES[out_t])
         dst[...] = numerics.convert(result, out_t)

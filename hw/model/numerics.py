@@ -7,6 +7,11 @@ float inputs are widened to fp32 and summed in fp32, either by BLAS in its own o
 order docs/isa.md defines). VECTOR: integer inputs compute in int64, float inputs in fp32,
 then convert to the output type with saturation as docs/isa.md says.
 
+Fast mode takes PyTorch's CPU kernels where the sum order shows in the result: a bf16
+MATMUL that rounds C to bf16 (`narrow`), float row_sum and softmax. Their results are then
+those of eager PyTorch on the same host, which is what a model compared against PyTorch
+needs; the order is the host kernel's, within the bounds docs/isa.md gives.
+
 Not modelled: the transcendental functions use the host's fp32 libraries (numpy, and
 torch for erf), so they are not bit-exact with any hardware implementation.
 """
@@ -30,7 +35,7 @@ NP_DTYPES: dict[str, np.dtype] = {
 }
 INT_TYPES = frozenset({"int8", "int16", "int32"})
 FLOAT_ONLY_FUNCS = frozenset(
-    "div exp recip rsqrt silu gelu_tanh gelu_erf sigmoid tanh".split()
+    "div exp recip rsqrt silu gelu_tanh gelu_erf sigmoid tanh softmax".split()
 )
 BINARY_FUNCS = frozenset("add sub mul max min div mul_shift".split())
 REDUCTIONS = frozenset({"row_sum", "row_max"})
@@ -46,13 +51,16 @@ def elem_bytes(dtype: str) -> int:
     return NP_DTYPES[dtype].itemsize
 
 
-def matmul(a: np.ndarray, b: np.ndarray, c: np.ndarray | None, acc: str, exact: bool) -> np.ndarray:
+def matmul(a: np.ndarray, b: np.ndarray, c: np.ndarray | None, acc: str, exact: bool,
+           narrow: str | None = None) -> np.ndarray:
     """Return `(c or 0) + a @ b` in the accumulator type `acc` ("int32" or "fp32").
 
-    `a` is [m, k] and `b` [k, n] of the input type; `c` is the current [m, n] accumulator
-    when accumulating.
+    `a` is [m, k] and `b` [k, n] of the input type, or [groups, m, k] and [groups, k, n]
+    for a grouped MATMUL; `c` is the current accumulator (of C's type) when accumulating.
+    With `narrow` (a float input type name) the fp32 sums are rounded once to that type,
+    which in fast mode for bf16 is PyTorch's bf16 GEMM, accumulating in fp32 in its own order.
     """
-    k = a.shape[1]
+    k = a.shape[-1]
     if acc == "int32":
         # Integer inputs only reach here (the spec pairs int8 with int32).
         work = np.float32 if k * _INT8_PRODUCT_MAX <= _FP32_EXACT_INT else np.float64
@@ -61,20 +69,48 @@ def matmul(a: np.ndarray, b: np.ndarray, c: np.ndarray | None, acc: str, exact: 
         if c is not None:
             prod += c
         return prod.astype(np.int32)  # two's-complement wrap
+    if narrow == "bf16" and c is None and not exact:
+        return _torch_bf16_matmul(a, b)
     af = a.astype(np.float32)
     bf = b.astype(np.float32)
     if not exact:
         out = np.matmul(af, bf)
         if c is not None:
-            out += c
-        return out
-    accum = np.array(c, dtype=np.float32) if c is not None else np.zeros(
-        (a.shape[0], b.shape[1]), np.float32
-    )
-    for kk in range(k):
-        # fp32 product (exact for bf16/fp8 inputs) then one fp32 rounding per add.
-        accum += af[:, kk, None] * bf[None, kk, :]
-    return accum
+            out += c.astype(np.float32)
+    else:
+        out = np.zeros(a.shape[:-1] + b.shape[-1:], np.float32)
+        if c is not None:
+            out += c.astype(np.float32)
+        for kk in range(k):
+            # fp32 product (exact for bf16/fp8 inputs) then one fp32 rounding per add.
+            out += af[..., kk, None] * bf[..., None, kk, :]
+    return out if narrow is None else convert(out, narrow)
+
+
+def _torch_bf16(x: np.ndarray):
+    import torch  # imported on the first bf16 GEMM only
+
+    return torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
+
+
+def _torch_bf16_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b rounded to bf16 by PyTorch's CPU kernel, straight from the SRAM views.
+
+    PyTorch sums a single row (its GEMV path) in another order than several rows once k
+    passes 512, so a lone row is computed as the first of two: every row then comes out
+    the same whatever the instruction's `m` or group size, as on an array that computes
+    rows independently, and a batch never changes a row's result.
+    """
+    import torch
+
+    ta, tb = _torch_bf16(a), _torch_bf16(b)
+    rows = ta.shape[-2]
+    if rows == 1:
+        ta = torch.cat([ta, ta], dim=-2)
+    out = torch.bmm(ta, tb) if ta.dim() == 3 else torch.mm(ta, tb)
+    if rows == 1:
+        out = out[..., :1, :]
+    return out.contiguous().view(torch.int16).numpy().view(NP_DTYPES["bf16"])
 
 
 def _imm_value(imm: int, integer: bool) -> np.ndarray:
@@ -106,6 +142,21 @@ def _gelu_erf(a: np.ndarray) -> np.ndarray:
     return (0.5 * t * (1.0 + torch.special.erf(t * np.float32(1 / math.sqrt(2))))).numpy()
 
 
+def _sequential_row_sum(x: np.ndarray) -> np.ndarray:
+    """fp32 sums in increasing column order (np.sum would be pairwise), [rows, 1]."""
+    return np.cumsum(x, axis=1, dtype=np.float32)[:, -1:]
+
+
+def _torch_rows(x: np.ndarray, what: str) -> np.ndarray:
+    """Row sums [rows, 1] or row softmax of fp32 `x` by PyTorch's CPU kernels."""
+    import torch
+
+    t = torch.from_numpy(x)
+    if what == "sum":
+        return t.sum(dim=1, keepdim=True).numpy()
+    return torch.softmax(t, dim=1).numpy()
+
+
 def _float_unary(func: str, a: np.ndarray) -> np.ndarray:
     one = np.float32(1)
     if func == "exp":
@@ -135,10 +186,13 @@ def vector(
     b: np.ndarray | None,
     shift: int,
     imm: int,
+    exact: bool = False,
 ) -> np.ndarray:
     """Compute `func(a, b)`; `a` [rows, cols] of `in_dtype`, `b` broadcastable or None.
 
     Returns int64 for integer inputs and float32 for float inputs, before conversion.
+    `exact` sums float rows in increasing column order; otherwise PyTorch's CPU kernels
+    sum them (row_sum, softmax), as eager PyTorch does on the same host.
     """
     integer = in_dtype in INT_TYPES
     wide = np.int64 if integer else np.float32
@@ -171,10 +225,16 @@ def vector(
         if func == "row_sum":
             if integer:
                 return x.sum(axis=1, keepdims=True)
-            # Sequential fp32 sum in increasing column order (np.sum would be pairwise).
-            return np.cumsum(x, axis=1, dtype=np.float32)[:, -1:]
+            if exact:
+                return _sequential_row_sum(x)
+            return _torch_rows(x, "sum")
         if func == "row_max":
             return x.max(axis=1, keepdims=True)
+        if func == "softmax":
+            if exact:
+                e = np.exp(x - x.max(axis=1, keepdims=True))
+                return e / _sequential_row_sum(e)
+            return _torch_rows(x, "softmax")
         return _float_unary(func, x)
 
 

@@ -32,6 +32,8 @@ QUEUE_NAMES = ("load", "compute", "store")
 ENGINE_LOAD, ENGINE_MAC, ENGINE_VECTOR, ENGINE_STORE, ENGINE_NONE = range(5)
 
 _CACHE_SIZE = 64
+# Accumulators a MATMUL may narrow back to its input type (a float sum's one rounding).
+FLOAT_ACCUMULATORS = frozenset({"fp32"})
 
 
 class Op:
@@ -207,27 +209,38 @@ def _matmul(lim: Limits, op: Op) -> None:
         op.err = e["BAD_FIELD"]
         dtype = None
     m, n, k = ins.m, ins.n, ins.k
+    acc = lim.accumulators.get(dtype)
+    # narrow rounds a float sum to the input type; an integer sum has no such rounding.
+    if dtype is not None and ins.narrow and acc not in FLOAT_ACCUMULATORS:
+        op.err = e["BAD_FIELD"]
+    group = ins.group or m
+    if m and m % group:
+        op.err = op.err or e["BAD_FIELD"]
     op.empty = not (m and n and k)
-    if dtype is None or op.empty:
+    if dtype is None or op.empty or op.err:
         op.cycles = costs.MIN_CYCLES
         return
-    acc = lim.accumulators[dtype]
-    es, cs = NP_DTYPES[dtype].itemsize, NP_DTYPES[acc].itemsize
-    if any(v % es for v in (ins.a_addr, ins.a_stride, ins.b_addr, ins.b_stride)) or (
+    es = NP_DTYPES[dtype].itemsize
+    c_type = dtype if ins.narrow else acc
+    cs = NP_DTYPES[c_type].itemsize
+    groups = m // group
+    b_step = ins.b_group_stride if groups > 1 else 0
+    if any(v % es for v in (ins.a_addr, ins.a_stride, ins.b_addr, ins.b_stride, b_step)) or (
         ins.c_addr % cs or ins.c_stride % cs
     ):
         op.err = e["MISALIGNED"]
     b_rows, b_cols = (n, k) if ins.transpose_b else (k, n)
     op.sram_err = (
         ins.a_addr + (m - 1) * ins.a_stride + k * es > lim.sram
-        or ins.b_addr + (b_rows - 1) * ins.b_stride + b_cols * es > lim.sram
+        or ins.b_addr + (groups - 1) * b_step + (b_rows - 1) * ins.b_stride + b_cols * es
+        > lim.sram
         or ins.c_addr + (m - 1) * ins.c_stride + n * cs > lim.sram
     )
     op.macs = m * n * k
     rate = lim.rate.get(dtype, 1)
     op.mac_slots = m * n * -(-k // rate)
-    op.cycles = lim.costs.matmul(dtype, m, n, k)
-    op.p = (dtype, acc, es, cs)
+    op.cycles = groups * lim.costs.matmul(dtype, group, n, k)
+    op.p = (dtype, acc, es, c_type, groups)
 
 
 def _vector(lim: Limits, op: Op) -> None:
@@ -249,7 +262,7 @@ def _vector(lim: Limits, op: Op) -> None:
         op.err = e["BAD_FIELD"]
     rows, cols = ins.rows, ins.cols
     op.empty = not (rows and cols)
-    op.cycles = lim.costs.vector(rows, cols)
+    op.cycles = lim.costs.vector(rows, cols, func)
     if op.err or op.empty:
         return
     ies, oes = NP_DTYPES[in_t].itemsize, NP_DTYPES[out_t].itemsize

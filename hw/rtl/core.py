@@ -268,9 +268,13 @@ class PeCore(wiring.Component):
                 op = word[0:8]
                 with m.If(chk.code != 0):
                     m.d.comb += [fault.eq(1), fault_code.eq(chk.code)]
-                    # Like the model, an operand fault is raised by a dispatched instruction.
+                    # Like the model, an execution unit's fault (an operand's, or a field its
+                    # unit does not take) is raised by a dispatched instruction.
+                    unit_op = ((op == ops["LOAD"]) | (op == ops["STORE"]) | (op == ops["MATMUL"])
+                               | (op == ops["VECTOR"]))
                     with m.If((chk.code == err["MISALIGNED"]) | (chk.code == err["SRAM_RANGE"])
-                              | (chk.code == err["DRAM_RANGE"])):
+                              | (chk.code == err["DRAM_RANGE"])
+                              | ((chk.code == err["BAD_FIELD"]) & unit_op)):
                         m.d.comb += [self.ev_instr.eq(1), self.fault_counted.eq(1)]
                 with m.Elif(chk.nop):
                     m.d.comb += self.ev_instr.eq(1)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
-from model_kit import DT, ISA, place, run_ops, sram_array
+from model_kit import DT, ISA, E, error_of, place, run_ops, sram_array
+from test_vector import to_bf16, to_fp8
 
 SRAM = 256 * 1024
 
@@ -108,30 +109,52 @@ def matmul_reference(a, b, c0, dtype: str):
     return out
 
 
-def _matmul_case(dtype, m, n, k, transpose_b, accumulate, exact, seed=0):
+def _matmul_case(dtype, m, n, k, transpose_b, accumulate, exact, seed=0, narrow=False,
+                 groups=1):
+    """Run one MATMUL on strided tiles; B holds `groups` tiles [k, n], one per group of rows."""
     rng = np.random.default_rng(seed)
     es = 1 if dtype == "int8" else np.dtype(FLOAT_TYPES[dtype]).itemsize
     a = random_tile(rng, dtype, (m, k))
-    b = random_tile(rng, dtype, (k, n))
-    acc_t = np.int32 if dtype == "int8" else np.float32
+    b = random_tile(rng, dtype, (groups, k, n))
     if dtype == "int8":
+        c_t = np.int32
         c0 = rng.integers(2**31 - 2**20, 2**31 - 1, (m, n)).astype(np.int32)
         c0[::2] = -c0[::2]  # near both ends, so accumulate wraps
     else:
-        c0 = (rng.standard_normal((m, n)) * 10).astype(np.float32)
+        c_t = FLOAT_TYPES[dtype] if narrow else np.float32
+        c0 = (rng.standard_normal((m, n)) * 10).astype(c_t)
+    cs = np.dtype(c_t).itemsize
     a_stride = k * es + 4 * es
-    b_store = b.T.copy() if transpose_b else b
-    b_stride = b_store.shape[1] * es + 8 * es
-    c_stride = n * 4 + 12
-    a_addr, b_addr, c_addr = 0, 16384, 32768
+    b_store = b.transpose(0, 2, 1).copy() if transpose_b else b
+    b_stride = b_store.shape[2] * es + 8 * es
+    b_group_stride = b_store.shape[1] * b_stride + 64
+    c_stride = n * cs + 12
+    a_addr, b_addr, c_addr = 0, 16384, 65536
     ins = ISA.Matmul(dtype=DT[dtype], accumulate=int(accumulate), transpose_b=int(transpose_b),
                      m=m, n=n, k=k, a_addr=a_addr, b_addr=b_addr, c_addr=c_addr,
-                     a_stride=a_stride, b_stride=b_stride, c_stride=c_stride)
-    sram = {a_addr: place(a, a_stride), b_addr: place(b_store, b_stride),
-            c_addr: place(c0, c_stride)}
+                     a_stride=a_stride, b_stride=b_stride, c_stride=c_stride,
+                     narrow=int(narrow), group=m // groups if groups > 1 else 0,
+                     b_group_stride=b_group_stride if groups > 1 else 0)
+    sram = {a_addr: place(a, a_stride), c_addr: place(c0, c_stride)}
+    for g in range(groups):
+        sram[b_addr + g * b_group_stride] = place(b_store[g], b_stride)
     dev = run_ops([ins], sram=sram, exact=exact)
-    got = sram_array(dev, c_addr, (m, n), c_stride, acc_t)
+    got = sram_array(dev, c_addr, (m, n), c_stride, c_t)
     return a, b, (c0 if accumulate else None), got
+
+
+def grouped_reference(a, b, c0, dtype: str, narrow: bool = False):
+    """matmul_reference per group of rows; with `narrow` each sum rounded once to `dtype`."""
+    groups = b.shape[0]
+    g = a.shape[0] // groups
+    parts = [matmul_reference(a[i * g:(i + 1) * g], b[i],
+                              None if c0 is None else c0[i * g:(i + 1) * g], dtype)
+             for i in range(groups)]
+    out = np.concatenate(parts)
+    if not narrow:
+        return out
+    rnd = to_bf16 if dtype == "bf16" else (lambda v: to_fp8(v, dtype))
+    return np.vectorize(lambda v: rnd(float(v)))(out).astype(FLOAT_TYPES[dtype])
 
 
 @pytest.mark.parametrize("dtype", ["int8", "bf16", "fp8_e4m3", "fp8_e5m2"])
@@ -139,7 +162,7 @@ def _matmul_case(dtype, m, n, k, transpose_b, accumulate, exact, seed=0):
 @pytest.mark.parametrize("shape", [(5, 7, 9), (17, 3, 33)])
 def test_matmul_exact_mode_matches_reference(dtype, transpose_b, accumulate, shape):
     a, b, c0, got = _matmul_case(dtype, *shape, transpose_b, accumulate, exact=True)
-    want = matmul_reference(a, b, c0, dtype)
+    want = grouped_reference(a, b, c0, dtype)
     np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
@@ -147,12 +170,12 @@ def test_matmul_exact_mode_matches_reference(dtype, transpose_b, accumulate, sha
 def test_matmul_fast_mode_within_documented_bound(dtype):
     m, n, k = 12, 10, 300
     a, b, c0, got = _matmul_case(dtype, m, n, k, 0, 1, exact=False, seed=5)
-    want = matmul_reference(a, b, c0, dtype)
+    want = grouped_reference(a, b, c0, dtype)
     if dtype == "int8":
         np.testing.assert_array_equal(got, want)  # integer sums are exact in any order
         return
     mag = np.abs(c0.astype(np.float64)) + np.abs(a.astype(np.float64)) @ np.abs(
-        b.astype(np.float64))
+        b[0].astype(np.float64))
     bound = k * 2.0**-23 * mag
     assert np.all(np.abs(got.astype(np.float64) - want.astype(np.float64)) <= bound)
 
@@ -177,3 +200,56 @@ def test_zero_count_matmul_writes_nothing():
     dev = run_ops([ins], sram={0: before})
     assert dev.read_sram(0, 0, 1024) == before
     assert dev.read32(dev.regs.pe_reg(0, dev.regs.PE_ERROR_CODE)) == 0
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp8_e4m3"])
+@pytest.mark.parametrize("transpose_b,accumulate,groups", [(1, 0, 1), (0, 1, 3), (1, 0, 4)])
+def test_narrow_and_grouped_matmul_exact_mode(dtype, transpose_b, accumulate, groups):
+    a, b, c0, got = _matmul_case(dtype, 12, 5, 19, transpose_b, accumulate, exact=True,
+                                 seed=groups, narrow=True, groups=groups)
+    want = grouped_reference(a, b, c0, dtype, narrow=True)
+    np.testing.assert_array_equal(got.astype(np.float64), want.astype(np.float64))
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+def test_grouped_fp32_and_int8_matmul(groups):
+    for dtype in ("int8", "bf16"):
+        a, b, c0, got = _matmul_case(dtype, 6, 7, 11, 1, 1, exact=True, seed=9, groups=groups)
+        want = grouped_reference(a, b, c0, dtype)
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+def test_narrow_bf16_fast_mode_is_pytorchs_bf16_gemm(groups):
+    """Fast mode rounds C as torch's CPU bf16 GEMM does, within one rounding of exact."""
+    import torch
+
+    m, n, k = 8, 40, 700
+    a, b, _, got = _matmul_case("bf16", m, n, k, 1, 0, exact=False, seed=2, narrow=True,
+                                groups=groups)
+
+    def t(x):
+        return torch.from_numpy(x.astype(np.float32)).bfloat16()
+
+    g = m // groups
+    want = torch.cat([t(a[i * g:(i + 1) * g]) @ t(b[i]) for i in range(groups)])
+    np.testing.assert_array_equal(got.astype(np.float32), want.float().numpy())
+    exact = grouped_reference(a, b, None, "bf16").astype(np.float64)
+    mag = np.concatenate([np.abs(a[i * g:(i + 1) * g].astype(np.float64))
+                          @ np.abs(b[i].astype(np.float64)) for i in range(groups)])
+    # fp32 order error, then the bf16 rounding of either side (half a step each)
+    err = np.abs(got.astype(np.float64) - exact)
+    assert np.all(err <= k * 2.0**-23 * mag + 2.0**-8 * np.abs(exact) + 1e-30)
+
+
+@pytest.mark.parametrize("fields, code", [
+    (dict(dtype=DT["int8"], narrow=1), "BAD_FIELD"),  # an int32 sum has no narrow form
+    (dict(dtype=DT["bf16"], group=5), "BAD_FIELD"),  # m = 12 is not a multiple of 5
+    (dict(dtype=DT["bf16"], group=4, b_group_stride=3), "MISALIGNED"),
+    (dict(dtype=DT["bf16"], group=4, b_group_stride=1 << 17), "SRAM_RANGE"),
+])
+def test_narrow_and_group_field_errors(fields, code):
+    ins = ISA.Matmul(m=12, n=4, k=8, a_addr=0, b_addr=4096, c_addr=8192, a_stride=16,
+                     b_stride=8, c_stride=16, **fields)
+    dev = run_ops([ISA.SemSignal(queue=1, sem=0), ins])
+    assert error_of(dev) == (E[code], 1)

@@ -34,6 +34,23 @@ def test_matmul_cycles_follow_the_output_stationary_formula(spec_name):
     assert 1.9 < busy[1024] / busy[512] <= 2.0
 
 
+def test_grouped_matmul_costs_one_pass_per_group_and_softmax_three_passes():
+    spec = load("board")
+    mac, vec = spec.pe.mac, spec.pe.vector
+    m, n, k, groups = 3 * 8, 100, 64, 8  # decode attention: 3 query rows per sequence
+    ins = ISA.Matmul(dtype=DT["bf16"], m=m, n=n, k=k, a_stride=2 * k, b_stride=2 * k,
+                     c_stride=2 * n, c_addr=1 << 16, transpose_b=1, narrow=1, group=m // groups,
+                     b_group_stride=2 * k * n)
+    tl = estimate(spec, {0: [ins, ISA.End()]})
+    per_group = math.ceil(n / mac.cols) * (math.ceil(k / mac.rate["bf16"]) + mac.pipeline_depth)
+    assert tl.pes[0].mac_busy == groups * per_group
+    assert tl.macs == m * n * k
+    sm = ISA.Vector(func=ISA.VECTOR_FUNCS["softmax"], in_dtype=DT["fp32"], out_dtype=DT["bf16"],
+                    rows=m, cols=n, src1_stride=4 * n, dst_addr=1 << 16, dst_stride=2 * n)
+    tl = estimate(spec, {0: [sm, ISA.End()]})
+    assert tl.pes[0].vector_busy == 3 * math.ceil(m * n / vec.lanes) + vec.pipeline_depth
+
+
 def test_vector_chain_is_serial_on_the_compute_queue():
     rows, cols, n = 7, 33, 20
     ins = ISA.Vector(func=ISA.VECTOR_FUNCS["relu"], in_dtype=DT["int8"], out_dtype=DT["int8"],

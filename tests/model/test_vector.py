@@ -123,10 +123,26 @@ def func_ref(func, a, b, integer, shift, imm):
     raise AssertionError(func)
 
 
+def softmax_reference(a: np.ndarray) -> np.ndarray:
+    """Exact mode's order: row max, exp, sequential fp32 sum, one division per element."""
+    out = np.empty(a.shape, np.float64)
+    for r in range(a.shape[0]):
+        x = [F32(v) for v in a[r]]
+        m = max(x)
+        e = [F32(math.exp(float(F32(v - m)))) for v in x]
+        s = F32(0)
+        for v in e:
+            s = F32(s + v)
+        out[r] = [F32(v / s) for v in e]
+    return out
+
+
 def vector_reference(func, in_t, out_t, a, b2d, shift, imm):
     integer = in_t in INTS
     rows, cols = a.shape
     conv = (lambda v: int(v)) if integer else (lambda v: F32(v))
+    if func == "softmax":
+        return [[convert_ref(v, out_t) for v in row] for row in softmax_reference(a)]
     if func in ("row_sum", "row_max"):
         out = []
         for r in range(rows):
@@ -150,7 +166,7 @@ def random_values(rng, dtype, shape):
 
 
 def run_vector(func, in_t, out_t, mode="tile", rows=5, cols=7, shift=0, imm=0, seed=0,
-               a=None, b=None):
+               a=None, b=None, exact=False):
     rng = np.random.default_rng(seed)
     ies, oes = np.dtype(NP[in_t]).itemsize, np.dtype(NP[out_t]).itemsize
     a = random_values(rng, in_t, (rows, cols)) if a is None else a
@@ -169,7 +185,7 @@ def run_vector(func, in_t, out_t, mode="tile", rows=5, cols=7, shift=0, imm=0, s
     sram = {0: place(a, s1)}
     if b is not None:
         sram[8192] = place(b, s2)
-    dev = run_ops([ins], sram=sram)
+    dev = run_ops([ins], sram=sram, exact=exact)
     assert error_of(dev) == (0, 0)
     got = sram_array(dev, 16384, (rows, 1 if reduce else cols), ds, NP[out_t])
     if mode == "imm":
@@ -204,8 +220,37 @@ EXACT_FUNCS = ["copy", "add", "sub", "mul", "max", "min", "relu", "mul_shift", "
 def test_vector_func_each_dtype(func, in_t):
     out_t = in_t if in_t != "int8" or func not in ("mul", "row_sum") else "int32"
     imm = (0x4200 << 16 | 0xC100) if in_t in FLOATS else ((100 & 0xFFFF) << 16 | (-37 & 0xFFFF))
-    got, want = run_vector(func, in_t, out_t, shift=3, imm=imm, seed=hash(func) % 1000)
+    # the reference sums rows in increasing column order: exact mode's order
+    got, want = run_vector(func, in_t, out_t, shift=3, imm=imm, seed=hash(func) % 1000,
+                           exact=True)
     assert_same(got, want, out_t)
+
+
+def test_float_row_sum_fast_mode_is_pytorchs_sum_within_bound():
+    import torch
+
+    rows, cols = 6, 300  # (run_vector's tiles sit 8 KiB apart)
+    a = (np.random.default_rng(4).standard_normal((rows, cols)) * 8).astype(np.float32)
+    got, want = run_vector("row_sum", "fp32", "fp32", rows=rows, cols=cols, a=a)
+    np.testing.assert_array_equal(got[:, 0], torch.from_numpy(a).sum(1).numpy())
+    bound = cols * 2.0**-23 * np.abs(a.astype(np.float64)).sum(1, keepdims=True)
+    assert np.all(np.abs(got.astype(np.float64) - want) <= bound)
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_softmax(exact):
+    import torch
+
+    rows, cols = 7, 300
+    a = (np.random.default_rng(8).standard_normal((rows, cols)) * 6).astype(ml_dtypes.bfloat16)
+    a[2, 5:] = ml_dtypes.finfo(ml_dtypes.bfloat16).min  # a masked row tail: exactly 0 out
+    got, want = run_vector("softmax", "bf16", "fp32", rows=rows, cols=cols, a=a, exact=exact)
+    assert np.all(got[2, 5:] == 0)
+    if exact:  # exp from the host library: within a few fp32 steps of math.exp
+        np.testing.assert_allclose(got, want, rtol=3e-6, atol=1e-30)
+    else:  # fast mode: eager PyTorch's softmax, bit for bit
+        want = torch.softmax(torch.from_numpy(a.astype(np.float32)), dim=1).numpy()
+        np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("mode", ["tile", "row", "col", "imm"])
