@@ -130,11 +130,13 @@ class Builder:
 
     def matmul(self, m: int, n: int, k: int, a: int, a_stride: int, b: int, b_stride: int,
                c: int, c_stride: int, *, transpose_b: bool = False, accumulate: bool = False,
-               dtype: str = "bf16") -> None:
+               dtype: str = "bf16", narrow: bool = False, group: int = 0,
+               b_group_stride: int = 0) -> None:
         self.ins.append(self.isa.Matmul(
             dtype=self.isa.DTYPES[dtype], accumulate=int(accumulate),
             transpose_b=int(transpose_b), m=m, n=n, k=k, a_addr=a, b_addr=b, c_addr=c,
-            a_stride=a_stride, b_stride=b_stride, c_stride=c_stride))
+            a_stride=a_stride, b_stride=b_stride, c_stride=c_stride, narrow=int(narrow),
+            group=group, b_group_stride=b_group_stride))
 
     def vector(self, func: str, rows: int, cols: int, src1: int, s1_stride: int, dst: int,
                dst_stride: int, *, in_dtype: str, out_dtype: str, src2: int | None = None,

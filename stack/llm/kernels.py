@@ -124,8 +124,7 @@ class Plan:
                 if c.attention_bias:
                     put(f"{l}.qkv_bias{i}", self.qkv_rows * 4)
             put(f"{l}.o", self.ns_h * c.q_dim * 2)
-            put(f"{l}.gate", self.ns_i * H * 2)
-            put(f"{l}.up", self.ns_i * H * 2)
+            put(f"{l}.gate_up", 2 * self.ns_i * H * 2)  # the gate slice's rows, then up's
             put(f"{l}.down", self.ns_h * I * 2)
         put("lm_head", self.ns_v * H * 2)
         out["size"] = off
@@ -152,7 +151,7 @@ class Plan:
         put("act", M * c.intermediate_size * 2)
         put("ids", M * 4)
         put("slots", M * 4)
-        put("pos", M * 4)
+        put("rope_pos", M * self.hg * 4)  # each token's position once per query head
         put("block_tables", B * self.max_blocks * 4)
         put("mask", M * T * 2)
         put("rows", B * 4)
@@ -199,19 +198,29 @@ def rmsnorm(b: Builder, ar: Arena, x: int, M: int, H: int, w: int, out: int, eps
     ar.release(mark)
 
 
-def linear(b: Builder, ar: Arena, x: int, M: int, K: int, w_arg: int, w_off: int, N: int,
-           out: int, out_stride: int, *, bias: int | None = None) -> None:
-    """out[M, N] bf16 = x[M, K] @ W[N, K]^T (+ bias fp32 [N]); W streams from DRAM.
+def linear(b: Builder, ar: Arena, x: int, M: int, K: int, w_arg: int, w_off: int,
+           outs: list[tuple[int, int, int]], *, bias: int | None = None) -> None:
+    """x[M, K] @ W^T for W [N, K] streaming from DRAM, its rows cut into consecutive outputs.
 
-    Weight tiles are double-buffered: the load queue fetches tile t+2 once the compute queue
-    has finished with tile t. `x` (and `bias`) must already be visible to the compute queue.
+    `outs` lists (n, out, out_stride): the next n rows of W give the bf16 tile out[M, n].
+    The MATMULs round to bf16 themselves (`narrow`); with `bias` (fp32 [N]) they keep fp32
+    and a VECTOR adds the bias before the single rounding. Weight tiles are
+    double-buffered: the load queue fetches tile t+2 once the compute queue is done with
+    tile t. `x` (and `bias`) must already be visible to the compute queue.
     """
+    N = sum(n for n, _, _ in outs)
     mark = ar.mark()
     free = ar.size - _up(ar.top) - 3 * A64
-    nt = max(1, min(N, free // (4 * K + 4 * M)))
+    per_row = 4 * K + (4 * M if bias is not None else 0)
+    nt = max(1, min(N, free // per_row))
     wb = [ar.alloc(nt * K * 2), ar.alloc(nt * K * 2)]
-    cf = ar.alloc(M * nt * 4)
+    cf = ar.alloc(M * nt * 4) if bias is not None else None
     tiles = [(t0, min(nt, N - t0)) for t0 in range(0, N, nt)]
+    # (first row of W, rows, out, out_stride) of each output
+    spans, r0 = [], 0
+    for n, out, stride in outs:
+        spans.append((r0, n, out, stride))
+        r0 += n
 
     def emit_load(t: int) -> None:
         t0, n = tiles[t]
@@ -226,14 +235,20 @@ def linear(b: Builder, ar: Arena, x: int, M: int, K: int, w_arg: int, w_off: int
         emit_load(t)
     for t, (t0, n) in enumerate(tiles):
         b.wait("load", "compute")
-        b.matmul(M, n, K, x, K * 2, wb[t % 2], K * 2, cf, nt * 4, transpose_b=True)
+        for s0, sn, out, stride in spans:
+            lo, hi = max(t0, s0), min(t0 + n, s0 + sn)
+            if lo >= hi:
+                continue
+            w = wb[t % 2] + (lo - t0) * K * 2
+            dst = out + (lo - s0) * 2
+            if bias is None:
+                b.matmul(M, hi - lo, K, x, K * 2, w, K * 2, dst, stride, transpose_b=True,
+                         narrow=True)
+            else:
+                b.matmul(M, hi - lo, K, x, K * 2, w, K * 2, cf, nt * 4, transpose_b=True)
+                b.vector("add", M, hi - lo, cf, nt * 4, dst, stride, in_dtype="fp32",
+                         out_dtype="bf16", src2=bias + lo * 4, s2_stride=0, mode="row")
         b.signal("compute", "load")
-        if bias is None:
-            b.vector("copy", M, n, cf, nt * 4, out + t0 * 2, out_stride, in_dtype="fp32",
-                     out_dtype="bf16")
-        else:
-            b.vector("add", M, n, cf, nt * 4, out + t0 * 2, out_stride, in_dtype="fp32",
-                     out_dtype="bf16", src2=bias + t0 * 4, s2_stride=0, mode="row")
         if t + 2 < len(tiles):
             emit_load(t + 2)
     b.drain("compute", "load")
@@ -276,112 +291,99 @@ def _attention_phase(b: Builder, plan: Plan, spec: Spec, layer: int, B: int, Q: 
     c = plan.cfg
     H, hd, hg, kvd, qd = c.hidden_size, c.head_dim, plan.hg, c.kv_dim, c.q_dim
     M, bs = B * Q, plan.block_size
-    T = nblk * bs
+    T, R = nblk * bs, M * hg  # R query rows (token, head), token-major
     ar = Arena(spec.sram_bytes_per_pe, "attention phase")
     # step inputs and the residual stream
     xs = ar.alloc(M * H * 2)
     nw = ar.alloc(H * 2)
     slots = ar.alloc(M * 4)
-    pos = ar.alloc(M * 4)
+    rpos = ar.alloc(R * 4)
     bt = ar.alloc(B * nblk * 4)
-    mask = ar.alloc(M * T * 2)
-    cos = ar.alloc(M * hd * 2)
-    sin = ar.alloc(M * hd * 2)
+    cos = ar.alloc(R * hd * 2)
+    sin = ar.alloc(R * hd * 2)
     b.load(1, shared["h"], xs, M * H * 2)
     b.load(1, shared[f"{layer}.in_norm"], nw, H * 2)
     b.load(1, shared["slots"], slots, M * 4)
-    b.load(1, shared["pos"], pos, M * 4)
+    b.load(1, shared["rope_pos"], rpos, R * 4)
     b.load(1, shared["block_tables"], bt, B * nblk * 4)
-    b.load(1, shared["mask"], mask, M * T * 2)
     b.signal("load", "store")  # slot table for the KV scatter
     b.signal("load", "compute")
-    # rope tables need the position table in SRAM first (same queue: in order)
-    b.load(1, shared["cos"], cos, hd * 2, 1, M, ds2=hd * 2, ss2=hd * 2, gather=pos)
-    b.load(1, shared["sin"], sin, hd * 2, 1, M, ds2=hd * 2, ss2=hd * 2, gather=pos)
+    # a cos/sin row per query row (the tables need the positions in SRAM first: same queue)
+    b.load(1, shared["cos"], cos, hd * 2, 1, R, ds2=hd * 2, ss2=hd * 2, gather=rpos)
+    b.load(1, shared["sin"], sin, hd * 2, 1, R, ds2=hd * 2, ss2=hd * 2, gather=rpos)
     b.signal("load", "compute")
     b.wait("load", "compute")
     b.wait("load", "store")
     xn = ar.alloc(M * H * 2)
     rmsnorm(b, ar, xs, M, H, nw, xn, c.rms_norm_eps)
     b.wait("load", "compute")
-    nr = plan.qkv_rows
-    y = ar.alloc(M * nr * 2)
-    # rotated queries, head-major [hg][M, hd], then the rotated key [M, hd]
-    qr = ar.alloc((hg + 1) * M * hd * 2)
-    kr = qr + hg * M * hd * 2
-    tmp = ar.alloc((hg + 1) * M * hd * 2)
-    bias = ar.alloc(nr * 4) if c.attention_bias else None
-    kt = ar.alloc(T * hd * 2)
-    vt = ar.alloc(T * hd * 2)
-    R = hg * Q
-    sf = ar.alloc(R * T * 4)
-    sb = ar.alloc(R * T * 2)
-    mx = ar.alloc(R * 4)
-    of = ar.alloc(R * hd * 4)
-    ob = ar.alloc(R * hd * 2)
+    q = ar.alloc(R * hd * 2)  # [M, hg, hd]
+    k = ar.alloc(M * hd * 2)
+    v = ar.alloc(M * hd * 2)
+    qr = ar.alloc(R * hd * 2)
+    kr = ar.alloc(M * hd * 2)
+    tmp = ar.alloc(R * hd * 2)
+    bias = ar.alloc(plan.qkv_rows * 4) if c.attention_bias else None
+    # sequences per pass: their K, V, expanded mask, scores and outputs must fit
+    rows = Q * hg  # query rows of one sequence
+    per_seq = 4 * T * hd + rows * T * (2 + 2 + 4) + rows * hd * 2 + 3 * A64
+    S = max(1, min(B, (ar.size - _up(ar.top)) // per_seq))
+    kt = ar.alloc(S * T * hd * 2)  # [S, T, hd]
+    vt = ar.alloc(S * T * hd * 2)
+    mk = ar.alloc(S * rows * T * 2)  # [S, Q, hg, T]: each token's mask row once per head
+    sb = ar.alloc(S * rows * T * 2)
+    sf = ar.alloc(S * rows * T * 4)
+    ob = ar.alloc(S * rows * hd * 2)  # [S, Q, hg, hd]
     scale = 1.0 / math.sqrt(hd)
     for i in range(plan.groups_per_pe):
         kv_col = i * plan.p_att * hd * 2
         if bias is not None:
-            b.load(0, blob[f"{layer}.qkv_bias{i}"], bias, nr * 4)
+            b.load(0, blob[f"{layer}.qkv_bias{i}"], bias, plan.qkv_rows * 4)
             b.dep("load", "compute")
-        linear(b, ar, xn, M, H, 0, blob[f"{layer}.qkv{i}"], nr, y, nr * 2, bias=bias)
-        if M == 1:
-            # one token: its hg query heads and its key head are hg + 1 rows of hd
-            rope(b, y, hd * 2, hg + 1, hd, cos, sin, qr, hd * 2, tmp, cs_stride=0)
-        else:
-            for j in range(hg):
-                rope(b, y + j * hd * 2, nr * 2, M, hd, cos, sin, qr + j * M * hd * 2, hd * 2,
-                     tmp)
-            rope(b, y + hg * hd * 2, nr * 2, M, hd, cos, sin, kr, hd * 2, tmp)
+        linear(b, ar, xn, M, H, 0, blob[f"{layer}.qkv{i}"],
+               [(hg * hd, q, hg * hd * 2), (hd, k, hd * 2), (hd, v, hd * 2)], bias=bias)
+        rope(b, q, hd * 2, R, hd, cos, sin, qr, hd * 2, tmp)
+        # a token's key takes the cos/sin row of its first query row
+        rope(b, k, hd * 2, M, hd, cos, sin, kr, hd * 2, tmp, cs_stride=hg * hd * 2)
         b.dep("compute", "store")
         # write this step's keys and values into their cache slots
         b.store(2, plan.kv_offset(layer, "k") + kv_col, kr, hd * 2, 1, M, ds2=kvd * 2,
                 ss2=hd * 2, gather=slots)
-        b.store(2, plan.kv_offset(layer, "v") + kv_col, y + (hg + 1) * hd * 2, hd * 2, 1, M,
-                ds2=kvd * 2, ss2=nr * 2, gather=slots)
+        b.store(2, plan.kv_offset(layer, "v") + kv_col, v, hd * 2, 1, M, ds2=kvd * 2,
+                ss2=hd * 2, gather=slots)
         b.dep("store", "load")
-        for s in range(B):
-            if s > 0:
+        for s0 in range(0, B, S):
+            n = min(S, B - s0)
+            if s0 > 0:
                 b.wait("compute", "load")
-            tbl = bt + s * nblk * 4
+            # K/V blocks of n sequences through their block tables, and their masks
+            tbl = bt + s0 * nblk * 4
             for dst, which in ((kt, "k"), (vt, "v")):
-                b.load(2, plan.kv_offset(layer, which) + kv_col, dst, hd * 2, bs, nblk,
+                b.load(2, plan.kv_offset(layer, which) + kv_col, dst, hd * 2, bs, n * nblk,
                        ds1=kvd * 2, ds2=bs * kvd * 2, ss1=hd * 2, ss2=bs * hd * 2, gather=tbl)
+            b.load(1, shared["mask"] + s0 * Q * T * 2, mk, T * 2, hg, n * Q, ds1=0,
+                   ds2=T * 2, ss1=T * 2, ss2=hg * T * 2)
             b.signal("load", "compute")
             b.wait("load", "compute")
-            if s > 0:
+            if s0 > 0:
                 b.wait("store", "compute")
-            for j in range(hg):
-                b.matmul(Q, T, hd, qr + (j * M + s * Q) * hd * 2, hd * 2, kt, hd * 2,
-                         sf + j * Q * T * 4, T * 4, transpose_b=True)
-            b.vector("copy", R, T, sf, T * 4, sb, T * 2, in_dtype="fp32", out_dtype="bf16")
-            b.vector("mul", R, T, sb, T * 2, sb, T * 2, in_dtype="bf16", out_dtype="bf16",
+            # scores of each sequence's query rows against its own keys: one group each
+            m = n * rows
+            b.matmul(m, T, hd, qr + s0 * rows * hd * 2, hd * 2, kt, hd * 2, sb, T * 2,
+                     transpose_b=True, narrow=True, group=rows, b_group_stride=T * hd * 2)
+            b.vector("mul", m, T, sb, T * 2, sb, T * 2, in_dtype="bf16", out_dtype="bf16",
                      mode="imm", imm=f32_bits(scale))
-            mrow = mask + s * Q * T * 2
-            if Q == 1:
-                b.vector("add", R, T, sb, T * 2, sf, T * 4, in_dtype="bf16", out_dtype="fp32",
-                         src2=mrow, mode="row")
-            else:
-                for j in range(hg):
-                    b.vector("add", Q, T, sb + j * Q * T * 2, T * 2, sf + j * Q * T * 4, T * 4,
-                             in_dtype="bf16", out_dtype="fp32", src2=mrow, s2_stride=T * 2)
-            b.vector("row_max", R, T, sf, T * 4, mx, 4, in_dtype="fp32", out_dtype="fp32")
-            b.vector("sub", R, T, sf, T * 4, sf, T * 4, in_dtype="fp32", out_dtype="fp32",
-                     src2=mx, s2_stride=4, mode="col")
-            b.vector("exp", R, T, sf, T * 4, sf, T * 4, in_dtype="fp32", out_dtype="fp32")
-            b.vector("row_sum", R, T, sf, T * 4, mx, 4, in_dtype="fp32", out_dtype="fp32")
-            b.vector("div", R, T, sf, T * 4, sb, T * 2, in_dtype="fp32", out_dtype="bf16",
-                     src2=mx, s2_stride=4, mode="col")
-            for j in range(hg):
-                b.matmul(Q, hd, T, sb + j * Q * T * 2, T * 2, vt, hd * 2, of + j * Q * hd * 4,
-                         hd * 4)
+            b.vector("add", m, T, sb, T * 2, sf, T * 4, in_dtype="bf16", out_dtype="fp32",
+                     src2=mk, s2_stride=T * 2)
+            b.vector("softmax", m, T, sf, T * 4, sb, T * 2, in_dtype="fp32", out_dtype="bf16")
+            b.matmul(m, hd, T, sb, T * 2, vt, hd * 2, ob, hd * 2, narrow=True, group=rows,
+                     b_group_stride=T * hd * 2)
             b.signal("compute", "load")
-            b.vector("copy", R, hd, of, hd * 4, ob, hd * 2, in_dtype="fp32", out_dtype="bf16")
             b.signal("compute", "store")
             b.wait("compute", "store")
-            b.store(3, i * plan.p_att * hg * hd * 2 + s * Q * qd * 2, ob, hd * 2, Q, hg,
-                    ds1=qd * 2, ds2=hd * 2, ss1=hd * 2, ss2=Q * hd * 2)
+            # (token, head) rows: a token's hg heads are adjacent in the attention output
+            b.store(3, i * plan.p_att * hg * hd * 2 + s0 * Q * qd * 2, ob, hg * hd * 2, n * Q,
+                    ds1=qd * 2, ss1=hg * hd * 2)
             b.signal("store", "compute")
         b.drain("compute", "load")
         b.drain("store", "compute")
@@ -399,7 +401,7 @@ def _residual_linear_phase(b: Builder, plan: Plan, spec: Spec, M: int, src: int,
     b.load(1, src, xa, M * K * 2)
     b.load(4, 0, res, ns * 2, M, ds1=H * 2, ss1=ns * 2)
     b.dep("load", "compute")
-    linear(b, ar, xa, M, K, 0, w_off, ns, y, ns * 2)
+    linear(b, ar, xa, M, K, 0, w_off, [(ns, y, ns * 2)])
     b.vector("add", M, ns, y, ns * 2, y, ns * 2, in_dtype="bf16", out_dtype="bf16",
              src2=res, s2_stride=ns * 2)
     b.dep("compute", "store")
@@ -421,8 +423,7 @@ def _mlp_phase(b: Builder, plan: Plan, spec: Spec, layer: int, M: int, shared: d
     rmsnorm(b, ar, xs, M, H, nw, xn, c.rms_norm_eps)
     g = ar.alloc(M * ns * 2)
     u = ar.alloc(M * ns * 2)
-    linear(b, ar, xn, M, H, 0, blob[f"{layer}.gate"], ns, g, ns * 2)
-    linear(b, ar, xn, M, H, 0, blob[f"{layer}.up"], ns, u, ns * 2)
+    linear(b, ar, xn, M, H, 0, blob[f"{layer}.gate_up"], [(ns, g, ns * 2), (ns, u, ns * 2)])
     b.vector("silu", M, ns, g, ns * 2, g, ns * 2, in_dtype="bf16", out_dtype="bf16")
     b.vector("mul", M, ns, g, ns * 2, g, ns * 2, in_dtype="bf16", out_dtype="bf16",
              src2=u, s2_stride=ns * 2)
@@ -455,7 +456,7 @@ def _head_phase(b: Builder, plan: Plan, spec: Spec, R: int, shared: dict, blob: 
     xn = ar.alloc(R * H * 2)
     rmsnorm(b, ar, x, R, H, nw, xn, c.rms_norm_eps)
     logits = ar.alloc(R * ns * 2)
-    linear(b, ar, xn, R, H, 0, blob["lm_head"], ns, logits, ns * 2)
+    linear(b, ar, xn, R, H, 0, blob["lm_head"], [(ns, logits, ns * 2)])
     b.dep("compute", "store")
     b.store(6, 0, logits, ns * 2, R, ds1=V * 2, ss1=ns * 2)
 

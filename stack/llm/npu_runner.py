@@ -137,8 +137,8 @@ class NPURunner:
                         # bf16 values kept exactly in fp32, added before the single rounding
                         put(f"{l}.qkv_bias{i}", _bf16(bias).astype(np.float32), np.float32)
                 put(f"{l}.o", w[pre + "self_attn.o_proj.weight"][sh:sh + p.ns_h])
-                put(f"{l}.gate", w[pre + "mlp.gate_proj.weight"][si:si + p.ns_i])
-                put(f"{l}.up", w[pre + "mlp.up_proj.weight"][si:si + p.ns_i])
+                put(f"{l}.gate_up", np.concatenate([w[pre + "mlp.gate_proj.weight"][si:si + p.ns_i],
+                                                   w[pre + "mlp.up_proj.weight"][si:si + p.ns_i]]))
                 put(f"{l}.down", w[pre + "mlp.down_proj.weight"][sh:sh + p.ns_h])
             put("lm_head", w["lm_head.weight"][sv:sv + p.ns_v])
             blobs.append(blob)
@@ -271,7 +271,7 @@ class NPURunner:
         lay, buf = self.shared_lay, self.shared_buf
         buf.write(ids, lay["ids"])
         buf.write(slots, lay["slots"])
-        buf.write(pos, lay["pos"])
+        buf.write(np.repeat(pos, self.plan.hg), lay["rope_pos"])
         buf.write(tables, lay["block_tables"])
         buf.write(mask.astype(BF16), lay["mask"])
         buf.write(rows, lay["rows"])

@@ -47,7 +47,7 @@ def test_rmsnorm_then_linear_matches_numpy(M, H, N):
     b.load(0, 1 << 16, ws, H * 2)
     b.dep("load", "compute")
     K.rmsnorm(b, ar, xs, M, H, ws, xn, 1e-5)
-    K.linear(b, ar, xn, M, H, 0, 1 << 17, N, y, N * 2)
+    K.linear(b, ar, xn, M, H, 0, 1 << 17, [(N, y, N * 2)])
     b.dep("compute", "store")
     b.store(0, 1 << 20, y, M * N * 2)
     b.store(0, 1 << 21, xn, M * H * 2)
