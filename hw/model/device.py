@@ -63,7 +63,8 @@ class Device:
         self.sram = [np.zeros(spec.sram_bytes_per_pe, dtype=np.uint8)
                      for _ in range(spec.npu.num_pes)]
         self.executor = Executor(self.lim, self.dram, exact)
-        self.machine = Machine(self.lim, self.executor.execute, self._on_stop, trace)
+        self.machine = Machine(self.lim, self.executor.execute, self._on_stop, trace,
+                               self.executor.bind)
         self.cycle = 0
         self._pe_base = self.regs.PE_BASE
         self._pe_stride = self.regs.PE_STRIDE

@@ -14,6 +14,8 @@ the ISA leaves it undefined) and any timing; `hw.model.schedule` decides when th
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 
@@ -57,44 +59,51 @@ class Executor:
 
     def execute(self, ctx: Context, op: Op) -> int:
         """Run `op` for the PE whose state is `ctx`; returns an error code or 0."""
+        return self.bind(ctx, op)()
+
+    def bind(self, ctx: Context, op: Op) -> Callable[[], int]:
+        """`op`'s effect for the PE whose state is `ctx`, as a call returning the error code.
+
+        What depends only on the instruction, the ARG registers, the window and the memories
+        (the operand views, every check but a gather table's) is done here, once; a replayed
+        run calls the result again on every repetition.
+        """
         if op.err:
-            return op.err
+            return partial(_const, op.err)
         if op.empty:
-            return 0
+            return _ok
         kind = op.kind
         if kind == LOAD or kind == STORE:
-            return self._dma(ctx, op)
+            return self._bind_dma(ctx, op)
         if op.sram_err:
-            return self.E_SRAM
+            return partial(_const, self.E_SRAM)
         if kind == MATMUL:
-            self._matmul(ctx.sram, op)
-        elif kind == VECTOR:
-            self._vector(ctx.sram, op)
-        return 0
+            return self._bind_matmul(ctx.sram, op)
+        if kind == VECTOR:
+            return self._bind_vector(ctx.sram, op)
+        return _ok
 
     # DMA
 
-    def _dma(self, ctx: Context, op: Op) -> int:
+    def _bind_dma(self, ctx: Context, op: Op) -> Callable[[], int]:
         ins = op.ins
         base = ctx.args[ins.base] + ins.dram_offset
         if base % self.lim.align:
-            return self.E_MISALIGNED
+            return partial(_const, self.E_MISALIGNED)
         if op.sram_err:
-            return self.E_SRAM
+            return partial(_const, self.E_SRAM)
         if ins.gather:
-            return self._gather(ctx, op, base)
+            return partial(self._gather, ctx, op, base)
         if base < ctx.win_lo or base + op.extent > ctx.win_hi:
-            return self.E_DRAM
+            return partial(_const, self.E_DRAM)
         # (the window lies inside DRAM, so a box that passes addresses nothing beyond it)
         n0, n1, n2 = ins.n0, ins.n1, ins.n2
         u8 = self.dram.dtype
         dram = _view(self.dram, base, (n2, n1, n0), (ins.dram_s2, ins.dram_s1, 1), u8)
         sram = _view(ctx.sram, ins.sram_addr, (n2, n1, n0), (ins.sram_s2, ins.sram_s1, 1), u8)
         if op.kind == LOAD:
-            sram[...] = dram
-        else:
-            dram[...] = sram
-        return 0
+            return partial(_copy, sram, dram)
+        return partial(_copy, dram, sram)
 
     def _gather(self, ctx: Context, op: Op, base: int) -> int:
         """Planes addressed through a u32 table; planes before a faulting one still move."""
@@ -126,7 +135,7 @@ class Executor:
 
     # compute
 
-    def _matmul(self, sram: np.ndarray, op: Op) -> None:
+    def _bind_matmul(self, sram: np.ndarray, op: Op) -> Callable[[], int]:
         ins = op.ins
         dtype, acc, es, c_type, groups = op.p
         m, n, k = ins.m, ins.n, ins.k
@@ -150,10 +159,22 @@ class Executor:
                 b = _view(sram, ins.b_addr, (groups, k, n), (gs, ins.b_stride, es), dt)
         acc_in = c.reshape(a.shape[:-1] + (n,)) if ins.accumulate else None
         narrow = c_type if ins.narrow else None
-        out = numerics.matmul(a, b, acc_in, acc, self.exact, narrow)
-        c[...] = out.reshape(m, n)
+        if narrow == "bf16" and acc_in is None and not self.exact:
+            # PyTorch's kernel straight from and into the SRAM views
+            ta, tb = numerics.torch_bf16(a), numerics.torch_bf16(b)
+            tc = numerics.torch_bf16(c.reshape(a.shape[:-1] + (n,)))
 
-    def _vector(self, sram: np.ndarray, op: Op) -> None:
+            def run_torch() -> int:
+                tc.copy_(numerics.torch_bf16_mm(ta, tb))
+                return 0
+            return run_torch
+
+        def run() -> int:
+            c[...] = numerics.matmul(a, b, acc_in, acc, self.exact, narrow).reshape(m, n)
+            return 0
+        return run
+
+    def _bind_vector(self, sram: np.ndarray, op: Op) -> Callable[[], int]:
         ins = op.ins
         func, in_t, out_t, mode, ies, oes, dst_cols = op.p
         rows, cols = ins.rows, ins.cols
@@ -168,6 +189,24 @@ class Executor:
             b = _view(sram, ins.src2_addr, (rows, 1), (ins.src2_stride, ies), it)
         elif mode == "imm":
             b = numerics.imm_operand(ins.imm, in_t)
-        result = numerics.vector(func, in_t, a, b, ins.shift, ins.imm, self.exact)
         dst = _view(sram, ins.dst_addr, (rows, dst_cols), (ins.dst_stride, oes), NP_DTYPES[out_t])
-        dst[...] = numerics.convert(result, out_t)
+        shift, imm = ins.shift, ins.imm
+
+        def run() -> int:
+            result = numerics.vector(func, in_t, a, b, shift, imm, self.exact)
+            dst[...] = numerics.convert(result, out_t)
+            return 0
+        return run
+
+
+def _const(err: int) -> int:
+    return err
+
+
+def _ok() -> int:
+    return 0
+
+
+def _copy(dst: np.ndarray, src: np.ndarray) -> int:
+    dst[...] = src
+    return 0

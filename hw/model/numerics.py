@@ -18,6 +18,7 @@ torch for erf), so they are not bit-exact with any hardware implementation.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import ml_dtypes
@@ -87,29 +88,50 @@ def matmul(a: np.ndarray, b: np.ndarray, c: np.ndarray | None, acc: str, exact: 
     return out if narrow is None else convert(out, narrow)
 
 
-def _torch_bf16(x: np.ndarray):
+def torch_bf16(x: np.ndarray):
+    """A torch bf16 tensor sharing the memory of the bf16 array (or view) `x`."""
     import torch  # imported on the first bf16 GEMM only
 
     return torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
 
 
-def _torch_bf16_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a @ b rounded to bf16 by PyTorch's CPU kernel, straight from the SRAM views.
+@functools.cache
+def _lone_row_kernel_differs() -> bool:
+    """Whether PyTorch may sum a single-row product in another order than a multi-row one.
 
-    PyTorch sums a single row (its GEMV path) in another order than several rows once k
-    passes 512, so a lone row is computed as the first of two: every row then comes out
-    the same whatever the instruction's `m` or group size, as on an array that computes
-    rows independently, and a batch never changes a row's result.
+    With oneDNN's bf16 GEMM (x86 with AVX-512 or AMX) it does: a single row takes a GEMV
+    kernel whose order differs once k passes 512. Without it, ATen's own kernel computes
+    every output as an independent dot product, whatever the number of rows.
     """
     import torch
 
-    ta, tb = _torch_bf16(a), _torch_bf16(b)
-    rows = ta.shape[-2]
-    if rows == 1:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return True
+
+
+def torch_bf16_mm(ta, tb):
+    """ta @ tb (2-D, or 3-D batched) rounded to bf16 by PyTorch's CPU kernel.
+
+    Where PyTorch would sum a lone row in another order than several rows, the row is
+    computed as the first of two: every row then comes out the same whatever the
+    instruction's `m` or group size, as on an array that computes rows independently, and
+    a batch never changes a row's result.
+    """
+    import torch
+
+    lone = ta.shape[-2] == 1 and _lone_row_kernel_differs()
+    if lone:
         ta = torch.cat([ta, ta], dim=-2)
     out = torch.bmm(ta, tb) if ta.dim() == 3 else torch.mm(ta, tb)
-    if rows == 1:
-        out = out[..., :1, :]
+    return out[..., :1, :] if lone else out
+
+
+def _torch_bf16_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    import torch
+
+    out = torch_bf16_mm(torch_bf16(a), torch_bf16(b))
     return out.contiguous().view(torch.int16).numpy().view(NP_DTYPES["bf16"])
 
 

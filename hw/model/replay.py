@@ -51,6 +51,7 @@ class _Recording:
     #                mac_slots)
     channel_busy: int
     channel_free: int  # relative to the start cycle
+    effects: list | None = None  # (PE, bound effect) per op, made on the first replay
 
 
 class Replayer:
@@ -111,10 +112,13 @@ class Replayer:
             self.recording = []
             return
         self.recordings.move_to_end(self.key)
-        execute = self.m.execute
-        ctxs = {p: s.ctx for p, s in self.group.items()}
-        for i, (p, op) in enumerate(rec.ops):
-            err = execute(ctxs[p], op)
+        if rec.effects is None:
+            # the key holds the ARG registers, windows and SRAMs the bound views depend on
+            bind = self.m.bind
+            ctxs = {p: s.ctx for p, s in self.group.items()}
+            rec.effects = [(p, bind(ctxs[p], op)) for p, op in rec.ops]
+        for i, (p, effect) in enumerate(rec.effects):
+            err = effect()
             if err:
                 self._hand_back(rec.ops[:i], p, err)
                 return

@@ -27,6 +27,7 @@ import heapq
 import logging
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 
 from hw.model import costs
 from hw.model.execute import Context
@@ -104,17 +105,20 @@ class Machine:
     """All PEs of one NPU on a common cycle axis.
 
     `execute(ctx, op) -> error code` applies an op's effect (None: performance only, where
-    only the static checks fault). `on_stop(pe, cycle)` is called when a PE stops by END or
-    an error, for the interrupt logic of the device.
+    only the static checks fault); `bind(ctx, op)` returns that effect as a call, for
+    replayed runs. `on_stop(pe, cycle)` is called when a PE stops by END or an error, for
+    the interrupt logic of the device.
     """
 
     def __init__(self, lim: Limits, execute: Callable[[Context, Op], int] | None = None,
-                 on_stop: Callable[[PEState, int], None] | None = None, trace: bool = False):
+                 on_stop: Callable[[PEState, int], None] | None = None, trace: bool = False,
+                 bind: Callable[[Context, Op], Callable[[], int]] | None = None):
         self.lim = lim
         self.spec = lim.spec
         self.depth = self.spec.pe.queues.depth
         self.dispatch_cycles = lim.costs.dispatch
         self.execute = execute
+        self.bind = bind or (lambda ctx, op: partial(execute, ctx, op))
         self.on_stop = on_stop
         self.pes = [PEState(i, lim.num_sems) for i in range(lim.num_pes)]
         self.heap: list[tuple[int, int, int, int]] = []
