@@ -5,6 +5,9 @@ import pytest
 import torch
 from tiny_models import hf_greedy, tiny_llama
 
+import driver
+from driver.kernel import KernelDevice
+from hw import spec as hwspec
 from stack.llm import LLM, SamplingParams, from_transformers
 
 GREEDY = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True)
@@ -85,6 +88,23 @@ def test_finish_reasons_logprobs_and_n(llm, tiny_model):
                          use_tqdm=False)[0]
     assert [o.token_ids for o in again.outputs] == [o.token_ids for o in out.outputs]
     assert len({tuple(o.token_ids) for o in out.outputs}) > 1
+
+
+def test_steps_longer_than_the_default_watchdog_budget(tiny_model):
+    # every step of this model takes more than 20,000 cycles on `small`: the runner must give
+    # each program a budget from its cycle-model estimate, not the spec's default
+    tight = hwspec.load("small", command__watchdog_cycles=20_000)
+    kernel = KernelDevice(tight)
+    ps = prompts(2, seed=7)
+    try:
+        with driver.attach(kernel) as dev, LLM(
+                from_transformers(tiny_model), spec=tight, max_model_len=64, max_num_seqs=2,
+                block_size=8, max_num_batched_tokens=32, device=dev) as llm:
+            got = run(llm, ps, SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))
+            assert llm.llm_engine.runner.cycles > 20_000 * llm.llm_engine.runner.steps
+    finally:
+        kernel.close()
+    assert got == [hf_greedy(tiny_model, p, 8) for p in ps]
 
 
 def test_four_pes_with_idle_attention_pes():
