@@ -182,8 +182,13 @@ def k_softmax(ctx: Ctx, node: Node) -> list[tuple[list[Any], list[Step]]]:
     if len(x.shape) != 2:
         raise ValueError("softmax must be legalised to 2-D")
 
+    fused = "softmax" in ctx.spec.pe.vector.ops
+
     def body(n, C, x, o, c, t, r):
         row = C * 4
+        if fused:
+            return [em.vec("softmax", n, C, x, row, o, row)]
+        # a vector unit without softmax: max, subtract, exp, sum, reciprocal, scale
         return [
             em.vec("row_max", n, C, x, row, c, 4),
             em.vec("sub", n, C, x, row, o, row, src2=c, s2=4, mode="col"),
