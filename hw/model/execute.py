@@ -121,16 +121,18 @@ class Executor:
         ok = fits & (first >= ctx.win_lo) & (first + span <= ctx.win_hi)
         good = n2 if ok.all() else int(np.argmin(ok))
         if good:
-            rows = first[:good, None] + np.arange(n1, dtype=np.int64)[None, :] * ins.dram_s1
-            cols = np.arange(n0, dtype=np.int64)
-            idx = rows[:, :, None] + cols[None, None, :]
+            # DRAM from `base` as planes of the box, indexed by the table: numpy then moves
+            # whole rows, with no per-byte index array
+            idx = table[:good] if s2 else np.zeros(good, np.int64)
             u8 = self.dram.dtype
+            planes = _view(self.dram, base, (int(idx.max()) + 1, n1, n0),
+                           (s2, ins.dram_s1, 1), u8)
             sram = _view(ctx.sram, ins.sram_addr, (good, n1, n0),
                          (ins.sram_s2, ins.sram_s1, 1), u8)
             if op.kind == LOAD:
-                sram[...] = self.dram[idx]
+                sram[...] = planes[idx]
             else:
-                self.dram[idx] = sram
+                planes[idx] = sram
         return 0 if good == n2 else self.E_DRAM
 
     # compute
