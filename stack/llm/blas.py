@@ -1,16 +1,10 @@
 """Limit the threads of numpy's bundled OpenBLAS, which the functional model computes with.
 
-On small hosts OpenBLAS's thread pool makes the skinny matmuls of LLM decoding (a few rows
-times a large weight tile) many times slower than one thread does, and it competes with the
-device service thread, so the engine sets numpy's OpenBLAS to `$NPU_BLAS_THREADS` threads
-(default 1). Other BLAS libraries (torch's) are left alone.
-
-With 2 threads SmolLM2 answers "L'Étoile, ..." instead of "The capital of France is
-Paris." for "What is the capital of France?". That is summation order, not a wrong result:
-every MATMUL of that run stays within the fp32 error bound (K * 2**-23 * |a| @ |b|) of an
-fp64 reference, and the first answer token is a near-tie (transformers puts "The" one bf16
-step above "L"; with 2 threads the two logits round to the same bf16 value and the lower id
-wins). One thread keeps the run reproducible and the faster of the two on small hosts.
+On small hosts OpenBLAS's thread pool makes the skinny fp32 and int8 matmuls of the
+functional model (a few rows times a large weight tile) many times slower than one thread
+does, and it competes with the device service thread, so the engine sets numpy's OpenBLAS
+to `$NPU_BLAS_THREADS` threads (default 1). bf16 products run on PyTorch's kernels
+(`hw.model.numerics`); their threads, like those of any other BLAS library, are left alone.
 """
 
 from __future__ import annotations
