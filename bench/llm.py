@@ -4,7 +4,8 @@ Prints, last line as name=value pairs:
 - batch-1 decode tokens/s of the engine on the NPU functional model (host wall clock) and of
   transformers (bf16, eager) on the CPU, and their ratio;
 - throughput of `--concurrent` requests x `--tokens` tokens through the engine vs the same
-  requests run one after another with transformers;
+  requests run one after another with transformers, and vs transformers generating them
+  as one batch (what batching gives the reference on the same host);
 - cycle-model decode tokens/s: the model on `--spec` (board), and Llama-3.1-8B shapes with
   random weights (perf only, never allocated) on `datacenter`, from `hw.model.estimate`.
 
@@ -68,18 +69,23 @@ def npu_decode_rate(llm: LLM, ids: list[int], n: int) -> tuple[float, float]:
     return (n - 1) / decode_time, decode_cycles / max(1, (s2 - s1) - (s1 - s0))
 
 
-def throughput(llm: LLM, model, prompts: list[list[int]], tokens: int) -> tuple[float, float]:
+def throughput(llm: LLM, model, prompts: list[list[int]],
+               tokens: int) -> tuple[float, float, float]:
+    """Tokens/s of the engine, of transformers one request after another, and of
+    transformers generating all requests as one batch (the prompts share a length)."""
     p = SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True)
     t = time.perf_counter()
     outs = llm.generate([{"prompt_token_ids": x} for x in prompts], p, use_tqdm=False)
     npu = sum(len(o.outputs[0].token_ids) for o in outs) / (time.perf_counter() - t)
-    t = time.perf_counter()
-    for x in prompts:
-        with torch.no_grad():
-            model.generate(torch.tensor([x]), max_new_tokens=tokens, do_sample=False,
-                           eos_token_id=None, pad_token_id=0)
-    hf = len(prompts) * tokens / (time.perf_counter() - t)
-    return npu, hf
+
+    def hf_rate(batches):
+        t = time.perf_counter()
+        for batch in batches:
+            with torch.no_grad():
+                model.generate(torch.tensor(batch), max_new_tokens=tokens, do_sample=False,
+                               eos_token_id=None, pad_token_id=0)
+        return len(prompts) * tokens / (time.perf_counter() - t)
+    return npu, hf_rate([[x] for x in prompts]), hf_rate([prompts])
 
 
 def cycle_model_rate(cfg: ModelConfig, spec: hwspec.Spec, batch: int, context: int,
@@ -128,9 +134,10 @@ def main() -> None:
     hf_rate = hf_decode_rate(model, prompts[0], args.decode_tokens)
     print(f"batch-1 decode: NPU model {npu_rate:.3f} tok/s ({step_cycles:.0f} cycles/step), "
           f"transformers CPU {hf_rate:.2f} tok/s")
-    npu_tp, hf_tp = throughput(llm, model, prompts, args.tokens)
+    npu_tp, hf_tp, hf_batch_tp = throughput(llm, model, prompts, args.tokens)
     print(f"{args.concurrent} x {args.tokens} tokens: engine {npu_tp:.3f} tok/s, "
-          f"sequential transformers {hf_tp:.2f} tok/s")
+          f"sequential transformers {hf_tp:.2f} tok/s, batched transformers "
+          f"{hf_batch_tp:.2f} tok/s")
     board_1 = cycle_model_rate(cfg, spec, 1, ctx)
     board_32 = cycle_model_rate(cfg, spec, 32, ctx)
     dc = hwspec.load("datacenter")
@@ -143,6 +150,7 @@ def main() -> None:
     print(f"npu_decode_tok_s={npu_rate:.4f} cpu_decode_tok_s={hf_rate:.3f} "
           f"npu_vs_cpu={npu_rate / hf_rate:.4f} engine_tok_s={npu_tp:.4f} "
           f"sequential_cpu_tok_s={hf_tp:.3f} engine_vs_cpu={npu_tp / hf_tp:.4f} "
+          f"batched_cpu_tok_s={hf_batch_tp:.3f} engine_vs_batched_cpu={npu_tp / hf_batch_tp:.4f} "
           f"cycle_{spec.name}_tok_s={board_1:.2f} cycle_{spec.name}_b32_tok_s={board_32:.2f} "
           f"cycle_llama8b_datacenter_tok_s={llama_1:.2f} "
           f"cycle_llama8b_datacenter_b32_tok_s={llama_32:.2f}")

