@@ -161,8 +161,8 @@ class Executor:
                 b = _view(sram, ins.b_addr, (groups, k, n), (gs, ins.b_stride, es), dt)
         acc_in = c.reshape(a.shape[:-1] + (n,)) if ins.accumulate else None
         narrow = c_type if ins.narrow else None
-        if narrow == "bf16" and acc_in is None and not self.exact:
-            # PyTorch's kernel straight from and into the SRAM views
+        if numerics.on_torch_gemm(narrow, ins.accumulate, self.exact):
+            # as numerics.matmul computes it, but straight from and into the SRAM views
             ta, tb = numerics.torch_bf16(a), numerics.torch_bf16(b)
             tc = numerics.torch_bf16(c.reshape(a.shape[:-1] + (n,)))
 

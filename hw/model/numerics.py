@@ -70,7 +70,7 @@ def matmul(a: np.ndarray, b: np.ndarray, c: np.ndarray | None, acc: str, exact: 
         if c is not None:
             prod += c
         return prod.astype(np.int32)  # two's-complement wrap
-    if narrow == "bf16" and c is None and not exact:
+    if on_torch_gemm(narrow, c is not None, exact):
         return _torch_bf16_matmul(a, b)
     af = a.astype(np.float32)
     bf = b.astype(np.float32)
@@ -86,6 +86,11 @@ def matmul(a: np.ndarray, b: np.ndarray, c: np.ndarray | None, acc: str, exact: 
             # fp32 product (exact for bf16/fp8 inputs) then one fp32 rounding per add.
             out += af[..., kk, None] * bf[..., None, kk, :]
     return out if narrow is None else convert(out, narrow)
+
+
+def on_torch_gemm(narrow: str | None, accumulate: bool, exact: bool) -> bool:
+    """Whether a MATMUL is PyTorch's bf16 GEMM: fast mode, bf16 C, no accumulate."""
+    return narrow == "bf16" and not accumulate and not exact
 
 
 def torch_bf16(x: np.ndarray):

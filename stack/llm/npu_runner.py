@@ -207,7 +207,7 @@ class NPURunner:
             cycles = estimate(self.spec, {p: ins for p in range(self.plan.num_pes)}).cycles
             path.parent.mkdir(parents=True, exist_ok=True)
             for f, data in ((path, blob), (side, str(cycles).encode())):
-                tmp = f.with_suffix(".tmp")
+                tmp = f.with_name(f.name + ".tmp")
                 tmp.write_bytes(data)
                 tmp.replace(f)
             log.info("generated program B=%d Q=%d NBLK=%d: %d instructions, %d cycles, "
