@@ -237,6 +237,9 @@ class KernelDevice:
     # the service thread
 
     def _serve(self) -> None:
+        from hw.model import host
+
+        host.serve_here()  # the model's kernels here take one host thread (hw/model/host.py)
         last_mirror = 0.0
         while not self._stop.is_set():
             with self._cond:
