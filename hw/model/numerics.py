@@ -24,6 +24,8 @@ import math
 import ml_dtypes
 import numpy as np
 
+from hw.model import host
+
 # Storage type of each ISA data type name.
 NP_DTYPES: dict[str, np.dtype] = {
     "int8": np.dtype(np.int8),
@@ -95,7 +97,7 @@ def on_torch_gemm(narrow: str | None, accumulate: bool, exact: bool) -> bool:
 
 def torch_bf16(x: np.ndarray):
     """A torch bf16 tensor sharing the memory of the bf16 array (or view) `x`."""
-    import torch  # imported on the first bf16 GEMM only
+    torch = host.torch()
 
     return torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
 
@@ -108,7 +110,7 @@ def _lone_row_kernel_differs() -> bool:
     kernel whose order differs once k passes 512. Without it, ATen's own kernel computes
     every output as an independent dot product, whatever the number of rows.
     """
-    import torch
+    torch = host.torch()
 
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -124,7 +126,7 @@ def torch_bf16_mm(ta, tb):
     instruction's `m` or group size, as on an array that computes rows independently, and
     a batch never changes a row's result.
     """
-    import torch
+    torch = host.torch()
 
     lone = ta.shape[-2] == 1 and _lone_row_kernel_differs()
     if lone:
@@ -134,7 +136,7 @@ def torch_bf16_mm(ta, tb):
 
 
 def _torch_bf16_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    import torch
+    torch = host.torch()
 
     out = torch_bf16_mm(torch_bf16(a), torch_bf16(b))
     return out.contiguous().view(torch.int16).numpy().view(NP_DTYPES["bf16"])
@@ -163,7 +165,7 @@ def _round_shift(x: np.ndarray, shift: int) -> np.ndarray:
 
 
 def _gelu_erf(a: np.ndarray) -> np.ndarray:
-    import torch  # numpy has no erf; torch is imported only when a program needs it
+    torch = host.torch()  # numpy has no erf
 
     t = torch.from_numpy(np.ascontiguousarray(a))
     return (0.5 * t * (1.0 + torch.special.erf(t * np.float32(1 / math.sqrt(2))))).numpy()
@@ -176,7 +178,7 @@ def _sequential_row_sum(x: np.ndarray) -> np.ndarray:
 
 def _torch_rows(x: np.ndarray, what: str) -> np.ndarray:
     """Row sums [rows, 1] or row softmax of fp32 `x` by PyTorch's CPU kernels."""
-    import torch
+    torch = host.torch()
 
     t = torch.from_numpy(x)
     if what == "sum":
@@ -263,6 +265,84 @@ def vector(
                 return e / _sequential_row_sum(e)
             return _torch_rows(x, "softmax")
         return _float_unary(func, x)
+
+
+# Fast mode's VECTOR functions on PyTorch's CPU kernels, by ISA name: (torch function,
+# whether it takes src2). Each computes in fp32 and rounds once, so the values are the
+# numpy path's; the transcendentals are PyTorch's fp32 ones (eager PyTorch's bits).
+_TORCH_FUNCS = {
+    "add": ("add", True), "sub": ("sub", True), "mul": ("mul", True), "div": ("div", True),
+    "max": ("maximum", True), "min": ("minimum", True), "copy": (None, False),
+    "exp": ("exp", False), "rsqrt": ("rsqrt", False), "recip": ("reciprocal", False),
+    "sigmoid": ("sigmoid", False), "tanh": ("tanh", False), "silu": ("silu", False),
+    "row_sum": ("sum", False), "softmax": ("softmax", False),
+}
+_TORCH_TYPES = ("bf16", "fp32")
+
+
+def torch_view(x: np.ndarray):
+    """A torch tensor sharing the memory of a bf16 or fp32 array (or view) `x`."""
+    if x.dtype == np.float32:
+        return host.torch().from_numpy(x)
+    return torch_bf16(x)
+
+
+def torch_vector(func: str, in_dtype: str, out_dtype: str, a: np.ndarray,
+                 b: np.ndarray | None, dst: np.ndarray):
+    """Fast mode's `dst = func(a, b)` on PyTorch's kernels, straight on the SRAM views, as
+    a call; None where PyTorch has no kernel with the ISA's numerics for it.
+
+    PyTorch computes a bf16 op in fp32 and rounds once, as the ISA does, except where the
+    result type is fp32 and an input is bf16: there PyTorch would round to bf16 first, so
+    the inputs are widened into fp32 scratch tiles. A NaN may come out with another sign or
+    payload than on the numpy path.
+    """
+    if func not in _TORCH_FUNCS or in_dtype not in _TORCH_TYPES or out_dtype not in _TORCH_TYPES:
+        return None
+    torch = host.torch()
+    name, binary = _TORCH_FUNCS[func]
+    ta, td = torch_view(a), torch_view(dst)
+    tb = None
+    if binary:
+        # an immediate becomes a [1, 1] fp32 tile: PyTorch would round a bare scalar to bf16
+        tb = torch.from_numpy(b.reshape(1, 1).copy()) if b.ndim == 0 else torch_view(b)
+    if func in ("row_sum", "softmax"):
+        # contiguous fp32 rows, as eager PyTorch reduces them
+        src = torch.empty(ta.shape, dtype=torch.float32)
+        if func == "row_sum":
+            def run() -> None:
+                src.copy_(ta)
+                td.copy_(torch.sum(src, dim=1, keepdim=True))
+        else:
+            def run() -> None:
+                src.copy_(ta)
+                td.copy_(torch.softmax(src, dim=1))
+        return run
+    if func == "copy":
+        return lambda: td.copy_(ta)  # one rounding (widening is exact)
+    fn = torch.nn.functional.silu if func == "silu" else getattr(torch, name)
+    if in_dtype != "fp32" and out_dtype == "fp32":
+        wa = torch.empty(ta.shape, dtype=torch.float32)
+        if not binary:
+            def run() -> None:
+                wa.copy_(ta)
+                td.copy_(fn(wa))
+            return run
+        if tb.dtype == torch.float32:
+            def run() -> None:
+                wa.copy_(ta)
+                fn(wa, tb, out=td)
+            return run
+        wb = torch.empty(tb.shape, dtype=torch.float32)
+
+        def run() -> None:
+            wa.copy_(ta)
+            wb.copy_(tb)
+            fn(wa, wb, out=td)
+        return run
+    if binary:
+        return lambda: fn(ta, tb, out=td)
+    return lambda: td.copy_(fn(ta))
 
 
 def imm_operand(imm: int, in_dtype: str) -> np.ndarray:

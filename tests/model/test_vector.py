@@ -311,3 +311,37 @@ def test_in_place_update():
                      cols=8, src1_addr=64, dst_addr=64, src1_stride=8, dst_stride=8)
     dev = run_ops([ins], sram={64: a.tobytes()})
     np.testing.assert_array_equal(sram_array(dev, 64, (3, 8), 8, np.int8), np.maximum(a, 0))
+
+
+FAST_TYPES = [("bf16", "bf16"), ("bf16", "fp32"), ("fp32", "bf16"), ("fp32", "fp32")]
+
+
+@pytest.mark.parametrize("in_t,out_t", FAST_TYPES)
+@pytest.mark.parametrize("mode", ["tile", "row", "col", "imm"])
+@pytest.mark.parametrize("func", ["add", "sub", "mul", "max", "min", "div"])
+def test_fast_mode_elementwise_rounds_once(func, mode, in_t, out_t):
+    # fast mode runs these on PyTorch's kernels, which must not round a bf16 operand or an
+    # fp32 immediate on the way (0x3DCCCCCD is 0.1, not a bf16 value)
+    got, want = run_vector(func, in_t, out_t, mode=mode, imm=0x3DCCCCCD, seed=5, rows=4,
+                           cols=33)
+    assert_same(got, want, out_t)
+
+
+@pytest.mark.parametrize("in_t,out_t", FAST_TYPES)
+def test_fast_mode_copy_and_in_place(in_t, out_t):
+    got, want = run_vector("copy", in_t, out_t, seed=6)
+    assert_same(got, want, out_t)
+    a = (np.random.default_rng(2).standard_normal((3, 8)) * 3).astype(NP[in_t])
+    ins = ISA.Vector(func=FUNCS["mul"], in_dtype=DT[in_t], out_dtype=DT[in_t], rows=3, cols=8,
+                     src1_addr=64, src2_addr=64, dst_addr=64, src1_stride=64, src2_stride=64,
+                     dst_stride=64)
+    dev = run_ops([ins], sram={64: place(a, 64)})
+    square = (a.astype(np.float32) * a.astype(np.float32)).astype(NP[in_t])
+    np.testing.assert_array_equal(sram_array(dev, 64, (3, 8), 64, NP[in_t]), square)
+
+
+@pytest.mark.parametrize("func", ["exp", "recip", "rsqrt", "silu", "sigmoid", "tanh"])
+def test_fast_mode_transcendentals_bf16_out(func):
+    # one rounding of the fp32 function: within one bf16 step of the reference's rounding
+    got, want = run_vector(func, "bf16", "bf16", seed=12)
+    np.testing.assert_allclose(got.astype(np.float64), want, rtol=2**-7, atol=1e-30)
