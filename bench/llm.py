@@ -99,11 +99,12 @@ def cycle_model_rate(cfg: ModelConfig, spec: hwspec.Spec, batch: int, context: i
     plan = Plan(cfg, spec.npu.num_pes, block_size, batch * nblk + 1, batch, batch, nblk,
                 context)
     isa = gen.build(spec).isa
-    layer = step_program(plan, spec, isa, batch, 1, nblk, layers=range(1), embed=False,
-                         head=False)
+    layer = {att: step_program(plan, spec, isa, batch, 1, nblk, layers=range(1), embed=False,
+                               head=False, attention=att) for att in (True, False)}
     ends = step_program(plan, spec, isa, batch, 1, nblk, layers=range(0))
     pes = range(spec.npu.num_pes)
-    cycles = (estimate(spec, {p: layer for p in pes}).cycles * cfg.num_layers
+    # as the runner does: PEs without a KV head of their own skip attention
+    cycles = (estimate(spec, {p: layer[p < plan.p_att] for p in pes}).cycles * cfg.num_layers
               + estimate(spec, {p: ends for p in pes}).cycles)
     return batch * spec.npu.clock_mhz * 1e6 / cycles
 

@@ -1,6 +1,8 @@
 """NPU programs for one engine step of a Llama-family decoder, written with the ISA encoders.
 
-One program serves every PE of a run; what differs per PE comes from its ARG registers:
+One program serves every PE of a run, except that a PE with no KV head of its own (a model
+with fewer KV heads than PEs) runs it without the attention phases; what differs per PE
+comes from its ARG registers:
 
 | ARG | points at |
 | --- | --- |
@@ -467,8 +469,14 @@ def _head_phase(b: Builder, plan: Plan, spec: Spec, R: int, shared: dict, blob: 
 
 
 def step_program(plan: Plan, spec: Spec, isa, B: int, Q: int, nblk: int, *,
-                 layers: range | None = None, embed: bool = True, head: bool = True) -> list:
-    """Instructions of one engine step for a (B, Q, NBLK) bucket; see the module docstring."""
+                 layers: range | None = None, embed: bool = True, head: bool = True,
+                 attention: bool = True) -> list:
+    """Instructions of one engine step for a (B, Q, NBLK) bucket; see the module docstring.
+
+    `attention=False` is the program of a PE beyond the last one with KV heads (when the
+    model has fewer KV heads than there are PEs): its attention phases are only their
+    barriers.
+    """
     c = plan.cfg
     M = B * Q
     if M > plan.max_tokens or B > plan.max_seqs or nblk > plan.max_blocks:
@@ -482,7 +490,8 @@ def step_program(plan: Plan, spec: Spec, isa, B: int, Q: int, nblk: int, *,
         _embed_phase(b, plan, spec, M, shared, blob)
         b.barrier(mask)
     for layer in (range(c.num_layers) if layers is None else layers):
-        _attention_phase(b, plan, spec, layer, B, Q, nblk, shared, blob)
+        if attention:
+            _attention_phase(b, plan, spec, layer, B, Q, nblk, shared, blob)
         b.barrier(mask)
         _residual_linear_phase(b, plan, spec, M, shared["attn"], c.q_dim, blob[f"{layer}.o"])
         b.barrier(mask)

@@ -39,7 +39,7 @@ __all__ = ["NPURunner", "StepItem", "bucket"]
 
 log = logging.getLogger(__name__)
 
-RUNNER_VERSION = "2"
+RUNNER_VERSION = "3"
 
 
 def _generator_digest() -> str:
@@ -191,31 +191,41 @@ class NPURunner:
     # programs
 
     def _program(self, B: int, Q: int, nblk: int):
-        """The bucket's loaded program and its watchdog budget in cycles."""
+        """The bucket's loaded programs, one per PE, and its watchdog budget in cycles.
+
+        PEs from `plan.p_att` on have no KV head: they share a program without attention.
+        """
         key = (B, Q, nblk)
         entry = self.programs.get(key)
         if entry is not None:
             return entry
-        path = cache_dir() / "programs" / f"{self._key}-b{B}q{Q}n{nblk}.bin"
-        side = path.with_suffix(".cycles")
-        if path.is_file() and side.is_file():
-            blob, cycles = path.read_bytes(), int(side.read_text())
+        n, p_att = self.plan.num_pes, self.plan.p_att
+        kinds = [True] if p_att == n else [True, False]
+        stem = cache_dir() / "programs" / f"{self._key}-b{B}q{Q}n{nblk}"
+        paths = {att: stem.with_suffix(".bin" if att else ".noatt.bin") for att in kinds}
+        side = stem.with_suffix(".cycles")
+        if all(f.is_file() for f in paths.values()) and side.is_file():
+            blobs = {att: f.read_bytes() for att, f in paths.items()}
+            cycles = int(side.read_text())
         else:
             t0 = time.monotonic()
-            ins = step_program(self.plan, self.spec, self.isa, B, Q, nblk)
-            blob = self.isa.encode_program(ins)
-            cycles = estimate(self.spec, {p: ins for p in range(self.plan.num_pes)}).cycles
-            path.parent.mkdir(parents=True, exist_ok=True)
-            for f, data in ((path, blob), (side, str(cycles).encode())):
+            ins = {att: step_program(self.plan, self.spec, self.isa, B, Q, nblk, attention=att)
+                   for att in kinds}
+            blobs = {att: self.isa.encode_program(i) for att, i in ins.items()}
+            cycles = estimate(self.spec, {p: ins[p < p_att] for p in range(n)}).cycles
+            stem.parent.mkdir(parents=True, exist_ok=True)
+            files = [(paths[att], blobs[att]) for att in kinds] + [(side, str(cycles).encode())]
+            for f, data in files:
                 tmp = f.with_name(f.name + ".tmp")
                 tmp.write_bytes(data)
                 tmp.replace(f)
             log.info("generated program B=%d Q=%d NBLK=%d: %d instructions, %d cycles, "
-                     "in %.2f s", B, Q, nblk, len(ins), cycles, time.monotonic() - t0)
+                     "in %.2f s", B, Q, nblk, len(ins[True]), cycles, time.monotonic() - t0)
         # The cycle model's figure is the run's own (its timing reads no data); the margin
         # covers other contexts' jobs sharing the DRAM channel.
         budget = min(max(self.spec.command.watchdog_cycles, 4 * cycles), 2**32 - 1)
-        entry = self.programs[key] = (self.ctx.load_program(blob), budget)
+        loaded = {att: self.ctx.load_program(blob) for att, blob in blobs.items()}
+        entry = self.programs[key] = ([loaded[p < p_att] for p in range(n)], budget)
         return entry
 
     def _args(self) -> list[list[int]]:
@@ -282,10 +292,15 @@ class NPURunner:
         buf.write(tables, lay["block_tables"])
         buf.write(mask.astype(BF16), lay["mask"])
         buf.write(rows, lay["rows"])
-        prog, budget = self._program(B, Q, nblk)
+        progs, budget = self._program(B, Q, nblk)
         t0 = time.monotonic()
-        cpl = self.ctx.run(prog, pe_mask=(1 << self.plan.num_pes) - 1,
-                           per_pe_args=self._args(), timeout=600, budget=budget)
+        args = self._args()
+        if all(p is progs[0] for p in progs):
+            cpl = self.ctx.run(progs[0], pe_mask=(1 << self.plan.num_pes) - 1,
+                               per_pe_args=args, timeout=600, budget=budget)
+        else:
+            cpl = self.ctx.run_multi({pe: (prog, args[pe]) for pe, prog in enumerate(progs)},
+                                     timeout=600, budget=budget)
         self.device_seconds += time.monotonic() - t0
         self.cycles += int(getattr(cpl, "cycles", 0) or 0)
         self.steps += 1

@@ -108,7 +108,7 @@ def test_steps_longer_than_the_default_watchdog_budget(tiny_model):
 
 
 def test_four_pes_with_idle_attention_pes():
-    # board has 4 PEs; 2 KV heads use 2 of them for attention, the others run dummy work
+    # board has 4 PEs; 2 KV heads use 2 of them for attention, the others skip it
     model = tiny_llama(seed=5)
     ps = prompts(3, seed=4)
     with LLM(from_transformers(model), spec="board", max_model_len=64, max_num_seqs=4,
