@@ -118,8 +118,9 @@ def _lone_row_kernel_differs() -> bool:
         return True
 
 
-def torch_bf16_mm(ta, tb):
-    """ta @ tb (2-D, or 3-D batched) rounded to bf16 by PyTorch's CPU kernel.
+def torch_bf16_mm(ta, tb, out=None):
+    """ta @ tb (2-D, or 3-D batched) rounded to bf16 by PyTorch's CPU kernel, into `out`
+    when given (written in place where it is contiguous: the same kernel, no copy).
 
     Where PyTorch would sum a lone row in another order than several rows, the row is
     computed as the first of two: every row then comes out the same whatever the
@@ -128,11 +129,17 @@ def torch_bf16_mm(ta, tb):
     """
     torch = host.torch()
 
-    lone = ta.shape[-2] == 1 and _lone_row_kernel_differs()
-    if lone:
-        ta = torch.cat([ta, ta], dim=-2)
-    out = torch.bmm(ta, tb) if ta.dim() == 3 else torch.mm(ta, tb)
-    return out[..., :1, :] if lone else out
+    mm = torch.bmm if ta.dim() == 3 else torch.mm
+    if ta.shape[-2] == 1 and _lone_row_kernel_differs():
+        result = mm(torch.cat([ta, ta], dim=-2), tb)[..., :1, :]
+    elif out is not None and out.is_contiguous():
+        return mm(ta, tb, out=out)
+    else:
+        result = mm(ta, tb)
+    if out is None:
+        return result
+    out.copy_(result)
+    return out
 
 
 def _torch_bf16_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
