@@ -1,4 +1,4 @@
-"""How many host threads the functional model's PyTorch kernels take in a device's thread.
+"""Host threads for the functional model's PyTorch kernels.
 
 A device's service thread runs the model's MATMUL and VECTOR kernels through PyTorch,
 whose CPU kernels fork an OpenMP team per call. OpenMP keeps one team per calling thread,
@@ -9,10 +9,11 @@ pays a sleep and a wake-up. Measured on a 2-core host, a 1 x 576 by 576 x 64 bf1
 took 130 us in the second thread against 9 us in the first, and a batch-1 decode step of
 SmolLM2 took 0.30 s against 0.125 s on one thread.
 
-So a device thread computes on one host thread unless `NPU_MODEL_THREADS` asks for more
-(worth it on a host with cores to spare, where batched GEMMs gain from a team). The limit
-is OpenMP's per-thread one (`omp_set_num_threads` in the calling thread): the caller's
-threads keep PyTorch's default.
+So a device's service thread (`serve_here`) and the workers here each compute on one
+OpenMP thread (`omp_set_num_threads` in the calling thread; the caller's threads keep
+PyTorch's default), and a large GEMM is cut into column blocks that run side by side on
+`model_threads()` host threads (`NPU_MODEL_THREADS`, default: the CPUs this process may
+run on) with no OpenMP team at all.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import ctypes
 import logging
 import os
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +33,11 @@ _local = threading.local()
 
 
 def model_threads() -> int:
-    """The host threads a device thread's kernels use: `NPU_MODEL_THREADS`, default 1."""
+    """Host threads for one large kernel: `NPU_MODEL_THREADS`, default the usable CPUs."""
     raw = os.environ.get(THREADS_ENV, "").strip()
     if not raw:
-        return 1
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1)
     try:
         n = int(raw)
     except ValueError:
@@ -61,8 +65,8 @@ def _openmp_runtime() -> ctypes.CDLL | None:
 
 def serve_here() -> None:
     """Mark the calling thread as a device's service thread: its first PyTorch kernel call
-    (through `torch()`) limits it to `model_threads()` host threads."""
-    _local.limit = model_threads()
+    (through `torch()`) limits it to one OpenMP thread."""
+    _local.limit = 1
 
 
 def torch():
@@ -85,4 +89,31 @@ def _limit(torch, n: int) -> None:
         log.info("no OpenMP runtime found; device kernels use PyTorch's default threads")
         return
     lib.omp_set_num_threads(ctypes.c_int(n))
-    log.debug("device thread computes on %d host thread(s)", n)
+    log.debug("%s computes on %d OpenMP thread(s)", threading.current_thread().name, n)
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _worker_start() -> None:
+    serve_here()
+    torch()
+
+
+def run_split(parts: list[Callable[[], object]]) -> None:
+    """Run the independent calls `parts` side by side: all but the first on the worker
+    threads, the first in the calling thread; returns when all are done (re-raising the
+    first error)."""
+    global _pool
+    if len(parts) > 1 and _pool is None:
+        with _pool_lock:
+            if _pool is None:
+                _pool = ThreadPoolExecutor(max(1, model_threads() - 1), "npu-model",
+                                           initializer=_worker_start)
+    futures = [_pool.submit(f) for f in parts[1:]]
+    try:
+        parts[0]()
+    finally:
+        for f in futures:
+            f.result()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
+from functools import partial
 
 import ml_dtypes
 import numpy as np
@@ -118,6 +119,13 @@ def _lone_row_kernel_differs() -> bool:
         return True
 
 
+# A bf16 GEMM of at least this many MACs (about 2 ms on one thread) runs as column blocks
+# on the host threads (hw/model/host.py): handing a block to a worker and waiting for it
+# costs about 0.2 ms, so smaller products stay whole.
+SPLIT_MACS = 1 << 23
+_MIN_BLOCK = 16  # columns
+
+
 def torch_bf16_mm(ta, tb, out=None):
     """ta @ tb (2-D, or 3-D batched) rounded to bf16 by PyTorch's CPU kernel, into `out`
     when given (written in place where it is contiguous: the same kernel, no copy).
@@ -125,21 +133,38 @@ def torch_bf16_mm(ta, tb, out=None):
     Where PyTorch would sum a lone row in another order than several rows, the row is
     computed as the first of two: every row then comes out the same whatever the
     instruction's `m` or group size, as on an array that computes rows independently, and
-    a batch never changes a row's result.
+    a batch never changes a row's result. Where instead every output is its own dot
+    product (ATen's kernel), a large product runs as column blocks side by side.
     """
     torch = host.torch()
 
     mm = torch.bmm if ta.dim() == 3 else torch.mm
     if ta.shape[-2] == 1 and _lone_row_kernel_differs():
         result = mm(torch.cat([ta, ta], dim=-2), tb)[..., :1, :]
-    elif out is not None and out.is_contiguous():
-        return mm(ta, tb, out=out)
     else:
+        n = tb.shape[-1]
+        macs = ta.numel() * n
+        blocks = 1
+        if macs >= SPLIT_MACS and not _lone_row_kernel_differs():
+            blocks = min(host.model_threads(), macs // SPLIT_MACS + 1, n // _MIN_BLOCK)
+        if blocks > 1:
+            if out is None:
+                out = torch.empty(ta.shape[:-1] + (n,), dtype=torch.bfloat16)
+            cuts = [n * i // blocks for i in range(blocks + 1)]
+            host.run_split([partial(_mm_block, mm, ta, tb[..., j0:j1], out[..., j0:j1])
+                            for j0, j1 in zip(cuts[:-1], cuts[1:], strict=True)])
+            return out
+        if out is not None and out.is_contiguous():
+            return mm(ta, tb, out=out)
         result = mm(ta, tb)
     if out is None:
         return result
     out.copy_(result)
     return out
+
+
+def _mm_block(mm, ta, tb, out) -> None:
+    out.copy_(mm(ta, tb))
 
 
 def _torch_bf16_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -74,3 +74,28 @@ def test_the_kernel_service_thread_sets_the_limit(monkeypatch):
     want = (x.astype(np.float32) ** 2).astype(ml_dtypes.bfloat16)
     np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))
     assert seen and all(name.startswith("npu") and n == 1 for name, n in seen)
+
+
+@pytest.mark.parametrize("transpose_b, batched", [(True, False), (False, False), (True, True)])
+def test_large_gemm_column_blocks_give_pytorchs_bits(monkeypatch, transpose_b, batched):
+    from hw.model import numerics
+
+    if numerics._lone_row_kernel_differs():
+        pytest.skip("oneDNN's bf16 GEMM: products are not cut into column blocks")
+    monkeypatch.setenv(host.THREADS_ENV, "3")
+    calls = []
+    real = host.run_split
+    monkeypatch.setattr(host, "run_split", lambda parts: (calls.append(len(parts)),
+                                                          real(parts)))
+    g = torch.Generator().manual_seed(3)
+    m, k, n = 64, 640, 520  # 21 M MACs: three blocks
+    shape = (2,) if batched else ()
+    a = torch.randn(*shape, m, k, generator=g).bfloat16()
+    w = torch.randn(*shape, n, k, generator=g).bfloat16()
+    b = w.transpose(-1, -2) if transpose_b else w.transpose(-1, -2).contiguous()
+    want = torch.bmm(a, b) if batched else torch.mm(a, b)
+    out = torch.full(want.shape, 7.0, dtype=torch.bfloat16)
+    got = _in_thread(lambda: (host.serve_here(), numerics.torch_bf16_mm(a, b, out))[1])
+    assert calls == [3]
+    assert got is out
+    assert torch.equal(out.view(torch.int16), want.view(torch.int16))
