@@ -119,10 +119,10 @@ def _lone_row_kernel_differs() -> bool:
         return True
 
 
-# A bf16 GEMM of at least this many MACs (about 2 ms on one thread) runs as column blocks
-# on the host threads (hw/model/host.py): handing a block to a worker and waiting for it
-# costs about 0.2 ms, so smaller products stay whole.
-SPLIT_MACS = 1 << 23
+# A bf16 GEMM of at least this many MACs (about 0.4 ms on one thread) runs as column
+# blocks on the host threads (hw/model/host.py): handing a block to a worker and waiting
+# for it costs 0.1-0.2 ms on a 2-core host, so smaller products stay whole.
+SPLIT_MACS = 1 << 21
 _MIN_BLOCK = 16  # columns
 
 

@@ -88,7 +88,7 @@ def test_large_gemm_column_blocks_give_pytorchs_bits(monkeypatch, transpose_b, b
     monkeypatch.setattr(host, "run_split", lambda parts: (calls.append(len(parts)),
                                                           real(parts)))
     g = torch.Generator().manual_seed(3)
-    m, k, n = 64, 640, 520  # 21 M MACs: three blocks
+    m, k, n = 64, 640, 520  # 21 M MACs: as many blocks as threads
     shape = (2,) if batched else ()
     a = torch.randn(*shape, m, k, generator=g).bfloat16()
     w = torch.randn(*shape, n, k, generator=g).bfloat16()
