@@ -10,6 +10,8 @@ import pytest
 import torch
 
 import driver
+from driver.kernel import KernelDevice
+from hw import spec as hwspec
 from hw.generated import isa
 from hw.model import host
 
@@ -67,10 +69,14 @@ def test_the_kernel_service_thread_sets_the_limit(monkeypatch):
         isa.End(),
     ]
     x = np.arange(32, dtype=np.float32).astype(ml_dtypes.bfloat16)
-    with driver.open(local=True) as dev, dev.context(memory=1 << 20) as ctx:
-        src, out = ctx.upload(x), ctx.alloc(64)
-        ctx.run(ctx.load_program(prog), [src, out])
-        got = out.numpy(ml_dtypes.bfloat16, (32,))
+    kernel = KernelDevice(hwspec.load("small"))  # a service thread of its own, not yet run
+    try:
+        with driver.attach(kernel) as dev, dev.context(memory=1 << 20) as ctx:
+            src, out = ctx.upload(x), ctx.alloc(64)
+            ctx.run(ctx.load_program(prog), [src, out])
+            got = out.numpy(ml_dtypes.bfloat16, (32,))
+    finally:
+        kernel.close()
     want = (x.astype(np.float32) ** 2).astype(ml_dtypes.bfloat16)
     np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))
     assert seen and all(name.startswith("npu") and n == 1 for name, n in seen)
