@@ -3,8 +3,9 @@
 On small hosts OpenBLAS's thread pool makes the skinny fp32 and int8 matmuls of the
 functional model (a few rows times a large weight tile) many times slower than one thread
 does, and it competes with the device service thread, so the engine sets numpy's OpenBLAS
-to `$NPU_BLAS_THREADS` threads (default 1). bf16 products run on PyTorch's kernels
-(`hw.model.numerics`); their threads, like those of any other BLAS library, are left alone.
+to `$NPU_BLAS_THREADS` threads (default 1). bf16 products and float VECTORs run on
+PyTorch's kernels, whose threads `hw.model.host` manages per thread; other BLAS libraries
+are left alone.
 """
 
 from __future__ import annotations
