@@ -47,20 +47,23 @@ def model_threads() -> int:
     return n
 
 
-def _openmp_runtime() -> ctypes.CDLL | None:
-    """The OpenMP runtime PyTorch loaded into this process, or None if none is found."""
+def _openmp_runtimes() -> list[ctypes.CDLL]:
+    """The OpenMP runtimes loaded into this process (PyTorch's among them)."""
     try:
         with open("/proc/self/maps") as f:
             paths = {line.split()[-1] for line in f if ".so" in line}
     except OSError:
-        paths = set()
+        return []
+    libs = []
     for path in sorted(paths):
         if os.path.basename(path).startswith(_RUNTIMES):
             try:
-                return ctypes.CDLL(path)
+                lib = ctypes.CDLL(path)
             except OSError:
                 continue
-    return None
+            if hasattr(lib, "omp_set_num_threads"):
+                libs.append(lib)
+    return libs
 
 
 def serve_here() -> None:
@@ -84,11 +87,14 @@ def _limit(torch, n: int) -> None:
     # ATen sets a thread's team size on the thread's first parallel call; make that call
     # now so that it does not undo the limit later.
     torch.get_num_threads()
-    lib = _openmp_runtime()
-    if lib is None or not hasattr(lib, "omp_set_num_threads"):
+    libs = _openmp_runtimes()
+    if not libs:
         log.info("no OpenMP runtime found; device kernels use PyTorch's default threads")
         return
-    lib.omp_set_num_threads(ctypes.c_int(n))
+    # every runtime loaded: which one PyTorch links to is not visible from here, and the
+    # limit is this thread's alone in each
+    for lib in libs:
+        lib.omp_set_num_threads(ctypes.c_int(n))
     log.debug("%s computes on %d OpenMP thread(s)", threading.current_thread().name, n)
 
 
