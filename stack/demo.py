@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"host: {num_tokens / (end - start):.2f} tokens/s overall, "
           f"{(num_tokens - 1) / decode_s:.2f} tokens/s decoding, "
           f"first token after {first - start:.2f} s")
+    print("      (the first run of each step shape is scheduled instruction by instruction and "
+          "recorded; later runs of it replay the recording)")
     print(f"NPU ({engine.spec.name}, {engine.spec.npu.num_pes} PEs at "
           f"{engine.spec.npu.clock_mhz} MHz): {runner.cycles:,} cycles in {runner.steps} steps "
           f"= {npu_s * 1e3:.2f} ms of device time, "
