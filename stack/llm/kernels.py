@@ -8,8 +8,8 @@ comes from its ARG registers:
 | --- | --- |
 | 0 | this PE's weight blob: its column slices of every projection (and embedding) |
 | 1 | the shared region: norm weights, rope tables, activations, step inputs, logits |
-| 2 | the KV cache, shifted to this PE's first KV head |
-| 3 | the attention output, shifted to this PE's first query head (or a dummy area) |
+| 2 | the KV cache, shifted to this PE's first KV head (unused by a PE without one) |
+| 3 | the attention output, shifted to this PE's first query head (likewise) |
 | 4 | the residual stream `h`, shifted to this PE's column slice (or a dummy area) |
 | 5 | the MLP activation, shifted to this PE's column slice (or a dummy area) |
 | 6 | the logits, shifted to this PE's vocabulary slice (or a dummy area) |
@@ -163,7 +163,7 @@ class Plan:
         put("mask", M * T * 2)
         put("rows", B * 4)
         put("logits", B * c.vocab_size * 2)
-        put("dummy", max(M * max(c.hidden_size, c.intermediate_size, c.q_dim),
+        put("dummy", max(M * max(c.hidden_size, c.intermediate_size),
                          B * c.vocab_size) * 2)
         out["size"] = off
         return out

@@ -184,6 +184,7 @@ class NPURunner:
         self.shared_buf = self.ctx.upload(shared, align=256)
         self.kv_buf = self.ctx.alloc(p.kv_bytes, align=256)
         self.kv_buf.write(np.zeros(p.kv_bytes, np.uint8))
+        self.args = self._args()
         log.info("uploaded %.1f MiB of weights to %r in %.1f s",
                  (sum(b.size for b in blobs) + shared.size) / 2**20, self.device,
                  time.monotonic() - t0)
@@ -229,18 +230,19 @@ class NPURunner:
         return entry
 
     def _args(self) -> list[list[int]]:
+        """Each PE's ARG registers (fixed once the buffers are uploaded)."""
         p, lay = self.plan, self.shared_lay
         c = self.cfg
         base = self.shared_buf.addr
         dummy = base + lay["dummy"]
         rows = []
         for pe in range(p.num_pes):
-            att = pe < p.p_att
+            att = pe < p.p_att  # a PE without a KV head runs no attention: ARG 2, 3 unread
             rows.append([
                 self.blob_bufs[pe].addr,
                 base,
-                self.kv_buf.addr + (pe * c.head_dim * 2 if att else 0),
-                base + lay["attn"] + pe * p.hg * c.head_dim * 2 if att else dummy,
+                self.kv_buf.addr + pe * c.head_dim * 2 if att else 0,
+                base + lay["attn"] + pe * p.hg * c.head_dim * 2 if att else 0,
                 base + lay["h"] + pe * p.ns_h * 2 if pe < p.p_h else dummy,
                 base + lay["act"] + pe * p.ns_i * 2 if pe < p.p_i else dummy,
                 base + lay["logits"] + pe * p.ns_v * 2 if pe < p.p_v else dummy,
@@ -294,7 +296,7 @@ class NPURunner:
         buf.write(rows, lay["rows"])
         progs, budget = self._program(B, Q, nblk)
         t0 = time.monotonic()
-        args = self._args()
+        args = self.args
         if all(p is progs[0] for p in progs):
             cpl = self.ctx.run(progs[0], pe_mask=(1 << self.plan.num_pes) - 1,
                                per_pe_args=args, timeout=600, budget=budget)
